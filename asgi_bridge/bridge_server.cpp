@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "asgi_bridge/bridge_server.hpp"
+
+#include <cstring>
+#include <string>
+
+#include <pybind11/pybind11.h>
+
+#include <utility>
+#include <vector>
+
+#include "asgi_bridge/py_names.hpp"
+
+namespace cppuvicorn::asgi {
+
+namespace n = py_names;
+
+namespace {
+constexpr double kTickSeconds = 0.1;
+}
+
+struct BridgeServer::ConnData {
+    PyObject* client = nullptr;  // (host, port) or None
+    PyObject* server = nullptr;  // (host, port) or (path, None)
+};
+
+BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, PyObject* state,
+                           PyObject* access_log, PyObject* error_log, BridgeOptions options)
+    : server_(&uv_loop_, options.core, *this, *this),
+      loop_(Py_NewRef(loop)),
+      app_(Py_NewRef(app)),
+      run_asgi_(Py_NewRef(run_asgi)),
+      state_(state == Py_None ? nullptr : Py_NewRef(state)),
+      access_log_(access_log == Py_None ? nullptr : Py_NewRef(access_log)),
+      error_log_(Py_NewRef(error_log)),
+      options_(std::move(options)) {
+    uv_loop_init(&uv_loop_);
+    loop_create_future_ = PyObject_GetAttrString(loop, "create_future");
+    loop_call_soon_ = PyObject_GetAttrString(loop, "call_soon");
+    loop_call_later_ = PyObject_GetAttrString(loop, "call_later");
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyObject* asyncio = PyImport_ImportModule("asyncio")) {
+        task_type_ = PyObject_GetAttrString(asyncio, "Task");
+        Py_DECREF(asyncio);
+    }
+#else
+    create_task_ = PyObject_GetAttrString(loop, "create_task");
+#endif
+    asgi_template_ = PyDict_New();
+    PyDict_SetItem(asgi_template_, n::version, n::v3_0);
+    PyObject* spec = PyUnicode_FromString("2.3");
+    PyDict_SetItem(asgi_template_, n::spec_version, spec);
+    Py_XDECREF(spec);
+    scheme_ = PyUnicode_FromStringAndSize(options_.scheme.data(),
+                                          static_cast<Py_ssize_t>(options_.scheme.size()));
+    root_path_ = PyUnicode_FromStringAndSize(options_.root_path.data(),
+                                             static_cast<Py_ssize_t>(options_.root_path.size()));
+}
+
+BridgeServer::~BridgeServer() {
+    if (!closed_) close();
+    uv_loop_close(&uv_loop_);
+    for (PyObject* o : {loop_, app_, run_asgi_, state_, access_log_, error_log_,
+                        loop_create_future_, loop_call_soon_, loop_call_later_, task_type_,
+                        create_task_, asgi_template_, scheme_, root_path_, run_cb_, tick_cb_,
+                        tick_handle_, stashed_type_, stashed_value_, stashed_tb_}) {
+        Py_XDECREF(o);
+    }
+}
+
+void BridgeServer::set_callbacks(PyObject* run_cb, PyObject* tick_cb) {
+    Py_XSETREF(run_cb_, Py_NewRef(run_cb));
+    Py_XSETREF(tick_cb_, Py_NewRef(tick_cb));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loop nesting
+
+void BridgeServer::start() {
+    if (started_) return;
+    started_ = true;
+    backend_fd_ = uv_backend_fd(&uv_loop_);
+    PyObject* r = PyObject_CallMethod(loop_, "add_reader", "iO", backend_fd_, run_cb_);
+    if (r == nullptr) throw pybind11::error_already_set();
+    Py_DECREF(r);
+    schedule_tick();
+    request_run();  // the listeners' epoll registrations happen inside uv_run
+}
+
+void BridgeServer::request_run() noexcept {
+    if (run_scheduled_ || closed_ || run_cb_ == nullptr) return;
+    run_scheduled_ = true;
+    PyObject* r = PyObject_CallOneArg(loop_call_soon_, run_cb_);
+    if (r == nullptr) {
+        run_scheduled_ = false;
+        report_python_error("scheduling the libuv loop");
+    }
+    Py_XDECREF(r);
+}
+
+void BridgeServer::run_from_loop() {
+    run_scheduled_ = false;
+    if (closed_) return;
+    server_.run_once();
+    after_run();
+}
+
+void BridgeServer::tick_from_loop() {
+    Py_CLEAR(tick_handle_);
+    if (closed_) return;
+    server_.sweep();
+    server_.run_once();
+    schedule_tick();
+    after_run();
+}
+
+void BridgeServer::schedule_tick() {
+    PyObject* delay = PyFloat_FromDouble(kTickSeconds);
+    PyObject* args[] = {delay, tick_cb_};
+    tick_handle_ = PyObject_Vectorcall(loop_call_later_, args, 2, nullptr);
+    Py_DECREF(delay);
+    if (tick_handle_ == nullptr) report_python_error("scheduling the server tick");
+}
+
+void BridgeServer::after_run() {
+    // Work queued by libuv itself for the next iteration (pending write callbacks, closing
+    // handles) does not make the epoll fd readable: come back at once for it.
+    if (!closed_ && uv_loop_alive(&uv_loop_) && uv_backend_timeout(&uv_loop_) == 0) {
+        request_run();
+    }
+    reraise_stashed();
+}
+
+void BridgeServer::reraise_stashed() {
+    if (stashed_type_ == nullptr) return;
+    PyErr_Restore(stashed_type_, stashed_value_, stashed_tb_);
+    stashed_type_ = stashed_value_ = stashed_tb_ = nullptr;
+    throw pybind11::error_already_set();
+}
+
+void BridgeServer::close() {
+    if (closed_) return;
+    if (started_) {
+        PyObject* r = PyObject_CallMethod(loop_, "remove_reader", "i", backend_fd_);
+        if (r == nullptr) PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    if (tick_handle_ != nullptr) {
+        PyObject* r = PyObject_CallMethodNoArgs(tick_handle_, n::cancel);
+        if (r == nullptr) PyErr_Clear();
+        Py_XDECREF(r);
+        Py_CLEAR(tick_handle_);
+    }
+    server_.stop_listening();
+    server_.close_all();
+    closed_ = true;
+    // Let libuv run the close callbacks (bounded: each pass finishes what is closing).
+    for (int i = 0; i < 16 && uv_loop_alive(&uv_loop_); ++i) uv_run(&uv_loop_, UV_RUN_NOWAIT);
+    if (stashed_type_ != nullptr) {
+        Py_CLEAR(stashed_type_);
+        Py_CLEAR(stashed_value_);
+        Py_CLEAR(stashed_tb_);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+BridgeServer::ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
+    if (conn.user_data != nullptr) return *static_cast<ConnData*>(conn.user_data);
+    auto* d = new ConnData;
+    const core::PeerAddress& peer = conn.peer();
+    const core::PeerAddress& local = conn.local();
+    if (peer.unix_socket) {
+        d->client = Py_NewRef(Py_None);
+        d->server = Py_BuildValue("(sO)", local.host.c_str(), Py_None);
+    } else {
+        d->client = Py_BuildValue("(si)", peer.host.c_str(), peer.port);
+        d->server = Py_BuildValue("(si)", local.host.c_str(), local.port);
+    }
+    conn.user_data = d;
+    return *d;
+}
+
+void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {
+    auto* d = static_cast<ConnData*>(std::exchange(conn.user_data, nullptr));
+    if (d == nullptr) return;
+    Py_XDECREF(d->client);
+    Py_XDECREF(d->server);
+    delete d;
+}
+
+PyObject* BridgeServer::spawn(PyObject* coro) {
+#if PY_VERSION_HEX >= 0x030C0000
+    // 3.12+: run the app to its first real suspension right here (eager_start), in its own
+    // Task and its own copy of the context. Not the loop-wide eager task factory (it crashed
+    // with StreamingResponse on 3.12.1).
+    static PyObject* kwnames = Py_BuildValue("(OO)", n::loop, n::eager_start);
+    PyObject* args[] = {coro, loop_, Py_True};
+    return PyObject_Vectorcall(task_type_, args, 1, kwnames);
+#else
+    return PyObject_CallOneArg(create_task_, coro);
+#endif
+}
+
+core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
+                                               const core::RequestHead& head) noexcept {
+    ConnData& cd = conn_data(conn);
+    ScopeInputs in{asgi_template_, cd.client, cd.server, scheme_, root_path_,
+                   options_.root_path, state_};
+    PyObject* scope = build_http_scope(head, in);
+    if (scope == nullptr) {
+        report_python_error("building the ASGI scope");
+        conn.respond_simple(500, "Internal Server Error");
+        return nullptr;
+    }
+    long limit = options_.limit_concurrency;
+    if (limit > 0 && (server_.connection_count() >= static_cast<std::size_t>(limit) ||
+                      tasks_ >= static_cast<std::size_t>(limit))) {
+        log_error(n::warning, "Exceeded concurrency limit.");
+        log_access(scope, conn, 503);
+        conn.respond_simple(503, "Service Unavailable");
+        Py_DECREF(scope);
+        return nullptr;
+    }
+    PyObject* receive = nullptr;
+    HttpCycle* cycle = http_cycle_new(*this, conn, scope, &receive);
+    if (cycle == nullptr) {
+        Py_DECREF(scope);
+        report_python_error("creating the request cycle");
+        conn.respond_simple(500, "Internal Server Error");
+        return nullptr;
+    }
+    PyObject* send = http_cycle_as_object(cycle);
+    PyObject* args[] = {app_, scope, receive, send};
+    PyObject* coro = PyObject_Vectorcall(run_asgi_, args, 4, nullptr);
+    Py_DECREF(scope);
+    Py_DECREF(receive);
+    core::RequestHandler* handler = http_cycle_handler(cycle);
+    if (coro != nullptr) {
+        http_cycle_begin_task(cycle);
+        PyObject* task = spawn(coro);
+        Py_DECREF(coro);
+        if (task != nullptr) {
+            http_cycle_attach_task(cycle, task);
+        } else {
+            report_python_error("starting the ASGI task");
+            PyObject* r = PyObject_CallMethod(send, "finish", nullptr);
+            Py_XDECREF(r);
+            conn.abort();
+        }
+    } else {
+        report_python_error("calling the ASGI application");
+        conn.abort();
+    }
+    Py_DECREF(send);  // the coroutine and core hold their own references
+    return handler;
+}
+
+void BridgeServer::on_protocol_error(core::HttpConnection&, int status,
+                                     std::string_view detail) noexcept {
+    // The wire body stays Uvicorn's; the parser's reason goes to the debug log.
+    log_error(n::warning, "Invalid HTTP request received.");
+    std::string msg = "Invalid HTTP request (" + std::to_string(status) + "): ";
+    msg.append(detail);
+    log_error(n::debug, msg.c_str());
+}
+
+void BridgeServer::on_task_started(HttpCycle* c) {
+    ++tasks_;
+    CycleLinks& l = http_cycle_links(c);
+    l.prev = nullptr;
+    l.next = live_;
+    if (live_ != nullptr) http_cycle_links(live_).prev = c;
+    live_ = c;
+}
+
+void BridgeServer::on_task_finished(HttpCycle* c) {
+    --tasks_;
+    CycleLinks& l = http_cycle_links(c);
+    if (l.prev != nullptr) {
+        http_cycle_links(l.prev).next = l.next;
+    } else {
+        live_ = l.next;
+    }
+    if (l.next != nullptr) http_cycle_links(l.next).prev = l.prev;
+    l.prev = l.next = nullptr;
+}
+
+void BridgeServer::cancel_tasks() {
+    std::vector<HttpCycle*> all;
+    for (HttpCycle* c = live_; c != nullptr; c = http_cycle_links(c).next) all.push_back(c);
+    for (HttpCycle* c : all) http_cycle_cancel(c);
+}
+
+PyObject* BridgeServer::create_future() {
+    PyObject* f = PyObject_CallNoArgs(loop_create_future_);
+    if (f == nullptr) report_python_error("creating a future");
+    return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging
+
+void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status) {
+    if (access_log_ == nullptr) return;
+    // Uvicorn's arguments: client_addr, method, quote(path)[?query], http_version, status.
+    PyObject* client = PyDict_GetItemWithError(scope, n::client);
+    PyObject* method = PyDict_GetItemWithError(scope, n::method);
+    PyObject* path = PyDict_GetItemWithError(scope, n::path);
+    PyObject* query = PyDict_GetItemWithError(scope, n::query_string);
+    PyObject* version = PyDict_GetItemWithError(scope, n::http_version);
+    if (!method || !path || !version) {
+        PyErr_Clear();
+        return;
+    }
+    std::string addr;
+    if (client != nullptr && PyTuple_Check(client) && PyTuple_GET_SIZE(client) == 2) {
+        PyObject* s = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0),
+                                           PyTuple_GET_ITEM(client, 1));
+        if (s != nullptr) {
+            Py_ssize_t len = 0;
+            const char* u = PyUnicode_AsUTF8AndSize(s, &len);
+            if (u != nullptr) addr.assign(u, static_cast<std::size_t>(len));
+            Py_DECREF(s);
+        }
+    }
+    Py_ssize_t plen = 0;
+    const char* p = PyUnicode_Check(path) ? PyUnicode_AsUTF8AndSize(path, &plen) : nullptr;
+    if (p == nullptr) {
+        PyErr_Clear();
+        return;
+    }
+    std::string path_qs = quote_path({p, static_cast<std::size_t>(plen)});
+    if (query != nullptr && PyBytes_Check(query) && PyBytes_GET_SIZE(query) > 0) {
+        path_qs.push_back('?');
+        path_qs.append(PyBytes_AS_STRING(query), static_cast<std::size_t>(PyBytes_GET_SIZE(query)));
+    }
+    PyObject* a0 = PyUnicode_FromStringAndSize(addr.data(), static_cast<Py_ssize_t>(addr.size()));
+    PyObject* a2 = PyUnicode_DecodeLatin1(path_qs.data(), static_cast<Py_ssize_t>(path_qs.size()),
+                                          nullptr);
+    PyObject* a4 = PyLong_FromLong(status);
+    if (a0 && a2 && a4) {
+        PyObject* args[] = {a0, method, a2, version, a4};
+        PyObject* r = PyObject_Vectorcall(access_log_, args, 5, nullptr);
+        if (r == nullptr) report_python_error("the access log");
+        Py_XDECREF(r);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(a0);
+    Py_XDECREF(a2);
+    Py_XDECREF(a4);
+}
+
+void BridgeServer::log_error(PyObject* level, const char* message) {
+    PyObject* msg = PyUnicode_FromString(message);
+    if (msg == nullptr) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject* r = PyObject_CallMethodOneArg(error_log_, level, msg);
+    Py_DECREF(msg);
+    if (r == nullptr) PyErr_Clear();
+    Py_XDECREF(r);
+}
+
+void BridgeServer::report_python_error(const char* where) {
+    if (!PyErr_Occurred()) return;
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
+        PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        // Raised by a signal handler while we were inside libuv: re-raise after uv_run.
+        if (stashed_type_ == nullptr) {
+            PyErr_Fetch(&stashed_type_, &stashed_value_, &stashed_tb_);
+        } else {
+            PyErr_Clear();
+        }
+        return;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != nullptr && value != nullptr) PyException_SetTraceback(value, tb);
+    PyObject* msg = PyUnicode_FromFormat("Exception in %s", where);
+    PyObject* kwargs = Py_BuildValue("{sO}", "exc_info", value ? value : Py_None);
+    PyObject* meth = PyObject_GetAttr(error_log_, n::error);
+    PyObject* args = msg ? PyTuple_Pack(1, msg) : nullptr;
+    PyObject* r = (meth && args && kwargs) ? PyObject_Call(meth, args, kwargs) : nullptr;
+    if (r == nullptr) PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(args);
+    Py_XDECREF(meth);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(msg);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+}  // namespace cppuvicorn::asgi

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// BridgeServer: a core::Server nested in the running asyncio loop, and the ConnectionEvents
+// that turn each request into an HttpCycle running in its own asyncio Task. The libuv loop is
+// driven from asyncio: add_reader(uv_backend_fd) runs one non-blocking libuv pass when its
+// sockets are ready, call_soon when the core queued work outside uv_run, and a 0.1 s tick for
+// idle deadlines. The GIL is held throughout; nothing here blocks.
+#pragma once
+
+#include <Python.h>
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+#include "asgi_bridge/http_cycle.hpp"
+#include "asgi_bridge/scope.hpp"
+#include "core/server.hpp"
+
+namespace cppuvicorn::asgi {
+
+struct BridgeOptions {
+    core::ServerConfig core;
+    std::string root_path;
+    std::string scheme = "http";
+    long limit_concurrency = 0;  // 0: no limit
+};
+
+class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks {
+public:
+    // All Python arguments are borrowed and kept alive (new references taken).
+    BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, PyObject* state,
+                 PyObject* access_log, PyObject* error_log, BridgeOptions options);
+    ~BridgeServer();
+
+    // ---- Python-facing (pybind11) ----
+    void start();
+    void stop_listening() { server_.stop_listening(); }
+    void shutdown() { server_.shutdown(); }
+    void close();
+    void cancel_tasks();
+    core::Server& core() { return server_; }
+    std::size_t connections() const { return server_.connection_count(); }
+    std::size_t tasks() const { return tasks_; }
+    std::uint64_t total_requests() const { return total_requests_; }
+    // The loop callbacks (bound as Python callables in module.cpp).
+    void run_from_loop();
+    void tick_from_loop();
+
+    // ---- for HttpCycle ----
+    PyObject* create_future();  // new reference or nullptr
+    void log_access(PyObject* scope, core::HttpConnection& conn, int status);
+    void log_error(PyObject* level, const char* message);
+    void report_python_error(const char* where);  // logs or stashes the current Python error
+    void on_task_started(HttpCycle* c);
+    void on_task_finished(HttpCycle* c);
+    void on_response_complete() { ++total_requests_; }
+    const core::ServerConfig& config() const { return server_.config(); }
+
+    // ---- core::ConnectionEvents ----
+    core::RequestHandler* on_request(core::HttpConnection& conn,
+                                     const core::RequestHead& head) noexcept override;
+    void on_protocol_error(core::HttpConnection& conn, int status,
+                           std::string_view detail) noexcept override;
+    void on_connection_closed(core::HttpConnection& conn) noexcept override;
+    // ---- core::LoopHooks ----
+    void request_run() noexcept override;
+
+    void set_callbacks(PyObject* run_cb, PyObject* tick_cb);
+
+private:
+    struct ConnData;
+    ConnData& conn_data(core::HttpConnection& conn);
+    void after_run();
+    void schedule_tick();
+    void reraise_stashed();
+    PyObject* spawn(PyObject* coro);  // new reference to the Task, or nullptr
+
+    uv_loop_t uv_loop_{};
+    core::Server server_;
+    PyObject* loop_;
+    PyObject* app_;
+    PyObject* run_asgi_;
+    PyObject* state_;
+    PyObject* access_log_;
+    PyObject* error_log_;
+    PyObject* loop_create_future_ = nullptr;
+    PyObject* loop_call_soon_ = nullptr;
+    PyObject* loop_call_later_ = nullptr;
+    PyObject* task_type_ = nullptr;   // asyncio.Task, for eager_start on 3.12+
+    PyObject* create_task_ = nullptr; // loop.create_task, before 3.12
+    PyObject* asgi_template_ = nullptr;
+    PyObject* scheme_ = nullptr;
+    PyObject* root_path_ = nullptr;
+    PyObject* run_cb_ = nullptr;
+    PyObject* tick_cb_ = nullptr;
+    PyObject* tick_handle_ = nullptr;
+    PyObject* stashed_type_ = nullptr;  // KeyboardInterrupt/SystemExit raised in a callback
+    PyObject* stashed_value_ = nullptr;
+    PyObject* stashed_tb_ = nullptr;
+    BridgeOptions options_;
+    HttpCycle* live_ = nullptr;  // cycles whose task still runs
+    std::size_t tasks_ = 0;
+    std::uint64_t total_requests_ = 0;
+    int backend_fd_ = -1;
+    bool run_scheduled_ = false;
+    bool started_ = false;
+    bool closed_ = false;
+};
+
+}  // namespace cppuvicorn::asgi

@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// cppuvicorn._core: the extension module. Registration only; each type lives in its own file.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+
+#include "asgi_bridge/bridge_server.hpp"
+#include "asgi_bridge/http_cycle.hpp"
+#include "asgi_bridge/py_names.hpp"
+
+namespace py = pybind11;
+using cppuvicorn::asgi::BridgeOptions;
+using cppuvicorn::asgi::BridgeServer;
+
+namespace {
+
+[[noreturn]] void raise_uv_error(int rc) {
+    errno = -rc;
+    PyErr_SetFromErrno(PyExc_OSError);
+    throw py::error_already_set();
+}
+
+std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::object run_asgi,
+                                          py::object state, std::string root_path,
+                                          py::list default_headers, bool date_header,
+                                          double timeout_keep_alive,
+                                          std::optional<long> limit_concurrency,
+                                          py::object access_log, py::object error_log,
+                                          std::size_t max_head_size, std::string scheme,
+                                          int backlog) {
+    BridgeOptions opts;
+    opts.root_path = std::move(root_path);
+    opts.scheme = std::move(scheme);
+    opts.limit_concurrency = limit_concurrency.value_or(0);
+    opts.core.timeout_keep_alive = timeout_keep_alive;
+    opts.core.date_header = date_header;
+    opts.core.max_head_size = max_head_size;
+    opts.core.backlog = backlog;
+    std::string defaults;
+    for (py::handle item : default_headers) {
+        auto pair = item.cast<py::tuple>();
+        auto name = pair[0].cast<std::string>();
+        auto value = pair[1].cast<std::string>();
+        for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        defaults += name + ": " + value + "\r\n";
+    }
+    opts.core.default_headers = std::move(defaults);
+    auto server = std::make_unique<BridgeServer>(loop.ptr(), app.ptr(), run_asgi.ptr(),
+                                                 state.ptr(), access_log.ptr(), error_log.ptr(),
+                                                 std::move(opts));
+    // Reason phrases from this Python's http.HTTPStatus, as Uvicorn's status lines use them.
+    py::object http_status = py::module_::import("http").attr("HTTPStatus");
+    for (py::handle s : http_status) {
+        server->core().status_lines().set_reason(s.attr("value").cast<int>(),
+                                                 s.attr("phrase").cast<std::string>());
+    }
+    BridgeServer* raw = server.get();
+    py::cpp_function run_cb([raw]() { raw->run_from_loop(); });
+    py::cpp_function tick_cb([raw]() { raw->tick_from_loop(); });
+    raw->set_callbacks(run_cb.ptr(), tick_cb.ptr());
+    return server;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "cppuvicorn's native core: HTTP/1.1 on libuv + llhttp, driven from asyncio.";
+    if (!cppuvicorn::asgi::py_names::init() ||
+        !cppuvicorn::asgi::register_cycle_types(m.ptr())) {
+        throw py::error_already_set();
+    }
+    m.def("version", []() { return std::string("0.1.0"); });
+
+    py::class_<BridgeServer>(m, "Server")
+        .def(py::init(&make_server), py::arg("loop"), py::arg("app"), py::arg("run_asgi"),
+             py::kw_only(), py::arg("state") = py::none(), py::arg("root_path") = "",
+             py::arg("default_headers") = py::list(), py::arg("date_header") = true,
+             py::arg("timeout_keep_alive") = 5.0, py::arg("limit_concurrency") = py::none(),
+             py::arg("access_log") = py::none(), py::arg("error_log"),
+             py::arg("max_head_size") = 65536, py::arg("scheme") = "http",
+             py::arg("backlog") = 2048)
+        .def("listen_tcp",
+             [](BridgeServer& s, const std::string& host, int port, int backlog) {
+                 cppuvicorn::core::PeerAddress bound;
+                 int rc = s.core().listen_tcp(host, port, backlog, &bound);
+                 if (rc != 0) raise_uv_error(rc);
+                 return py::make_tuple(bound.host, bound.port);
+             },
+             py::arg("host"), py::arg("port"), py::arg("backlog") = 2048)
+        .def("listen_unix",
+             [](BridgeServer& s, const std::string& path, int backlog) {
+                 int rc = s.core().listen_unix(path, backlog);
+                 if (rc != 0) raise_uv_error(rc);
+             },
+             py::arg("path"), py::arg("backlog") = 2048)
+        .def("listen_fd",
+             [](BridgeServer& s, int fd) {
+                 cppuvicorn::core::PeerAddress bound;
+                 int rc = s.core().listen_fd(fd, &bound);
+                 if (rc != 0) raise_uv_error(rc);
+                 return py::make_tuple(bound.host, bound.port);
+             },
+             py::arg("fd"))
+        .def("start", &BridgeServer::start)
+        .def("stop_listening", &BridgeServer::stop_listening)
+        .def("shutdown", &BridgeServer::shutdown)
+        .def("close", &BridgeServer::close)
+        .def("cancel_tasks", &BridgeServer::cancel_tasks)
+        .def_property_readonly("connections", &BridgeServer::connections)
+        .def_property_readonly("tasks", &BridgeServer::tasks)
+        .def_property_readonly("total_requests", &BridgeServer::total_requests);
+}

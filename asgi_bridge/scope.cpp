@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "asgi_bridge/scope.hpp"
+
+#include "asgi_bridge/py_names.hpp"
+
+namespace cppuvicorn::asgi {
+
+namespace {
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+// Steals `value`; false (with an error set) if value is null or insertion fails.
+bool set_item(PyObject* dict, PyObject* key, PyObject* value) {
+    if (value == nullptr) return false;
+    int rc = PyDict_SetItem(dict, key, value);
+    Py_DECREF(value);
+    return rc == 0;
+}
+
+PyObject* build_headers(const core::RequestHead& head) {
+    PyObject* list = PyList_New(static_cast<Py_ssize_t>(head.headers.size()));
+    if (list == nullptr) return nullptr;
+    Py_ssize_t i = 0;
+    for (const auto& h : head.headers) {
+        PyObject* name = PyBytes_FromStringAndSize(h.name.data(), h.name.size());
+        PyObject* value = PyBytes_FromStringAndSize(h.value.data(), h.value.size());
+        PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        if (pair == nullptr) {
+            Py_DECREF(list);
+            return nullptr;
+        }
+        PyList_SET_ITEM(list, i++, pair);
+    }
+    return list;
+}
+
+PyObject* build_path(std::string_view root_path, std::string_view raw_path) {
+    // Uvicorn: path = root_path + unquote(raw_path), decoded as UTF-8 with replacement.
+    std::string decoded(root_path);
+    if (raw_path.find('%') == std::string_view::npos) {
+        decoded.append(raw_path);
+    } else {
+        decoded.append(percent_decode(raw_path));
+    }
+    return PyUnicode_DecodeUTF8(decoded.data(), static_cast<Py_ssize_t>(decoded.size()),
+                                "replace");
+}
+
+}  // namespace
+
+void split_target(std::string_view target, std::string_view& path, std::string_view& query) {
+    std::string_view t = target;
+    if (!t.empty() && t.front() != '/' && t != "*") {
+        // absolute-form (RFC 9112 §3.2.2): skip "scheme://authority".
+        auto scheme_end = t.find("://");
+        if (scheme_end != std::string_view::npos) {
+            auto slash = t.find('/', scheme_end + 3);
+            t = slash == std::string_view::npos ? std::string_view("/") : t.substr(slash);
+        }
+    }
+    auto hash = t.find('#');
+    if (hash != std::string_view::npos) t = t.substr(0, hash);
+    auto q = t.find('?');
+    if (q == std::string_view::npos) {
+        path = t;
+        query = {};
+    } else {
+        path = t.substr(0, q);
+        query = t.substr(q + 1);
+    }
+}
+
+std::string percent_decode(std::string_view raw) {
+    std::string out;
+    out.reserve(raw.size());
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+        if (raw[i] == '%' && i + 2 < raw.size()) {
+            int hi = hex_value(raw[i + 1]);
+            int lo = hex_value(raw[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                out.push_back(static_cast<char>(hi * 16 + lo));
+                i += 2;
+                continue;
+            }
+        }
+        out.push_back(raw[i]);
+    }
+    return out;
+}
+
+std::string quote_path(std::string_view s) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(s.size());
+    for (unsigned char c : s) {
+        bool safe = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '.' || c == '-' || c == '~' || c == '/';
+        if (safe) {
+            out.push_back(static_cast<char>(c));
+        } else {
+            out.push_back('%');
+            out.push_back(kHex[c >> 4]);
+            out.push_back(kHex[c & 15]);
+        }
+    }
+    return out;
+}
+
+PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in) {
+    namespace n = py_names;
+    std::string_view raw_path;
+    std::string_view query;
+    split_target(head.target, raw_path, query);
+
+    PyObject* scope = PyDict_New();
+    if (scope == nullptr) return nullptr;
+    bool ok = PyDict_SetItem(scope, n::type, n::http) == 0 &&
+              set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
+              PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) ==
+                  0 &&
+              PyDict_SetItem(scope, n::server, in.server) == 0 &&
+              PyDict_SetItem(scope, n::client, in.client) == 0 &&
+              PyDict_SetItem(scope, n::scheme, in.scheme) == 0 &&
+              set_item(scope, n::method,
+                       n::method_str(head.method.data(),
+                                     static_cast<Py_ssize_t>(head.method.size()))) &&
+              PyDict_SetItem(scope, n::root_path, in.root_path) == 0 &&
+              set_item(scope, n::path, build_path(in.root_path_bytes, raw_path));
+    if (ok) {
+        PyObject* raw = nullptr;
+        if (in.root_path_bytes.empty()) {
+            raw = PyBytes_FromStringAndSize(raw_path.data(), raw_path.size());
+        } else {
+            std::string joined(in.root_path_bytes);
+            joined.append(raw_path);
+            raw = PyBytes_FromStringAndSize(joined.data(), joined.size());
+        }
+        ok = set_item(scope, n::raw_path, raw) &&
+             set_item(scope, n::query_string,
+                      query.empty() ? Py_NewRef(n::empty_bytes)
+                                    : PyBytes_FromStringAndSize(query.data(), query.size())) &&
+             set_item(scope, n::headers, build_headers(head));
+    }
+    if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
+    if (!ok) {
+        Py_DECREF(scope);
+        return nullptr;
+    }
+    return scope;
+}
+
+}  // namespace cppuvicorn::asgi

@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Builds ASGI HTTP scopes from a parsed request head with the raw CPython API (a scope built
+// from pybind11 objects measured 3x slower). GIL required.
+#pragma once
+
+#include <Python.h>
+
+#include <string>
+#include <string_view>
+
+#include "core/request_handler.hpp"
+
+namespace cppuvicorn::asgi {
+
+// Per-server constants and per-connection values the scope needs.
+struct ScopeInputs {
+    PyObject* asgi_template;  // {"version": "3.0", "spec_version": "2.3"}, copied per scope
+    PyObject* client;         // (host, port) tuple or None
+    PyObject* server;         // (host, port) tuple, or (path, None) for UNIX sockets
+    PyObject* scheme;         // "http" / "https"
+    PyObject* root_path;      // str
+    std::string_view root_path_bytes;
+    PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
+};
+
+// New reference, or nullptr with a Python error set.
+PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in);
+
+// Splits a request-target into path and query (origin-form, absolute-form and "*").
+void split_target(std::string_view target, std::string_view& path, std::string_view& query);
+
+// Percent-decodes `raw` (invalid escapes are kept as they are).
+std::string percent_decode(std::string_view raw);
+
+// urllib.parse.quote(path) with safe="/": for the access log line.
+std::string quote_path(std::string_view utf8_path);
+
+}  // namespace cppuvicorn::asgi

@@ -1,0 +1,51 @@
+"""run_asgi: the coroutine each request's asyncio Task runs around the application.
+
+Error policy as Uvicorn's (``protocols/http/httptools_impl.py``): an exception before the
+response started becomes a 500; after it, the connection is closed; either way the traceback
+goes to the ``uvicorn.error`` log and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("uvicorn.error")
+
+_500_START = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"21"),
+        (b"connection", b"close"),
+    ],
+}
+_500_BODY = {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
+
+
+async def _send_500(send) -> None:
+    await send(_500_START)
+    await send(_500_BODY)
+
+
+async def run_asgi(app, scope, receive, send) -> None:
+    try:
+        result = await app(scope, receive, send)
+    except BaseException as exc:  # noqa: BLE001 - Uvicorn logs and survives everything here
+        logger.error("Exception in ASGI application\n", exc_info=exc)
+        if not send.response_started:
+            await _send_500(send)
+        else:
+            send.abort()
+    else:
+        if result is not None:
+            logger.error("ASGI callable should return None, but returned '%s'.", result)
+            send.abort()
+        elif not send.response_started and not send.disconnected:
+            logger.error("ASGI callable returned without starting response.")
+            await _send_500(send)
+        elif not send.response_complete and not send.disconnected:
+            logger.error("ASGI callable returned without completing response.")
+            send.abort()
+    finally:
+        send.finish()

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Limits and timeouts of the HTTP core: a plain struct filled by the CLI layer. No Python here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace cppuvicorn::core {
+
+struct ServerConfig {
+    double timeout_keep_alive = 5.0;       // seconds idle between requests (and before the first)
+    std::size_t max_head_size = 65536;     // request line + headers, bytes → 431 above it
+    std::size_t max_url_size = 65536;      // request target → 414 above it
+    std::size_t max_header_count = 256;    // → 431 above it
+    std::size_t read_high_water = 65536;   // pause reading when this much body is unconsumed
+    std::size_t write_high_water = 65536;  // send() waits above this many unsent bytes
+    bool date_header = true;
+    // Preformatted "name: value\r\n" lines sent on every response after date (server + --header).
+    std::string default_headers = "server: cppuvicorn\r\n";
+    int backlog = 2048;
+};
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// TcpConnection: one accepted libuv stream (TCP or UNIX) carrying an HttpConnection.
+// Corked writes (try-write first, then one queued uv_write), read pause/resume, and a close
+// lifecycle that ends exactly once, in the libuv close callback. No Python here.
+#pragma once
+
+#include <uv.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "core/http_connection.hpp"
+#include "core/transport.hpp"
+
+namespace cppuvicorn::core {
+
+class Server;
+
+class TcpConnection final : public Transport {
+public:
+    // Accepts a pending connection from `listener`; returns nullptr (and logs nothing) if the
+    // accept failed. The connection deletes itself after its close callback.
+    static TcpConnection* accept(Server& server, uv_stream_t* listener, bool unix_socket);
+
+    HttpConnection& http() { return *http_; }
+
+    // Transport
+    std::string& out() override { return out_; }
+    void flush() override;
+    void schedule_flush() override;
+    std::size_t buffered() const override { return out_.size() + inflight_.size(); }
+    void pause_reading() override;
+    void resume_reading() override;
+    void close(bool now) override;
+    void schedule_resume() override;
+    std::uint64_t now_ms() const override { return uv_hrtime() / 1000000; }
+
+    // Bookkeeping for Server.
+    std::size_t registry_index = 0;
+    bool in_flush_list = false;
+    bool in_resume_list = false;
+
+private:
+    TcpConnection(Server& server, bool unix_socket);
+    ~TcpConnection() = default;
+    uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }
+    uv_handle_t* handle() { return reinterpret_cast<uv_handle_t*>(&handle_); }
+
+    static void on_uv_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) noexcept;
+    static void on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
+    static void on_uv_write(uv_write_t* req, int status) noexcept;
+    static void on_uv_shutdown(uv_shutdown_t* req, int status) noexcept;
+    static void on_uv_close(uv_handle_t* h) noexcept;
+    void after_write();
+    void close_now();
+
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } handle_{};
+    Server& server_;
+    std::unique_ptr<HttpConnection> http_;
+    uv_write_t write_req_{};
+    uv_shutdown_t shutdown_req_{};
+    std::string out_;       // corked output not yet handed to the kernel
+    std::string inflight_;  // owned by the pending uv_write
+    bool unix_socket_;
+    bool writing_ = false;
+    bool reading_ = false;
+    bool close_after_flush_ = false;
+    bool closing_ = false;
+};
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,300 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "core/http_connection.hpp"
+
+#include <utility>
+
+namespace cppuvicorn::core {
+
+namespace {
+
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+constexpr std::string_view kInvalidRequest = "Invalid HTTP request received.";
+
+bool is_close_header(const Header& h) { return h.name == "connection" && h.value == "close"; }
+
+}  // namespace
+
+HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
+                               PeerAddress local)
+    : transport_(transport),
+      ctx_(ctx),
+      parser_(*this, ctx.config),
+      peer_(std::move(peer)),
+      local_(std::move(local)) {
+    // Silence is never free: a connection that never sends a request is closed like an idle
+    // keep-alive connection.
+    arm_idle_deadline();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+void HttpConnection::on_data(std::string_view data) {
+    if (closed_) return;
+    if (parser_paused_) {
+        // A request is outstanding: hold the pipelined bytes until its response is done.
+        pending_.append(data);
+        update_read_state();
+        return;
+    }
+    process(data);
+}
+
+void HttpConnection::process_pending() {
+    if (closed_ || parser_paused_ || pending_.empty()) return;
+    std::string data;
+    data.swap(pending_);
+    process(data);
+}
+
+void HttpConnection::process(std::string_view data) {
+    in_process_ = true;
+    while (!closed_) {
+        ParseResult r = parser_.execute(data);
+        if (r.kind == ParseResult::Kind::kError) {
+            in_process_ = false;
+            fail_request(r.status, r.detail);
+            return;
+        }
+        if (r.kind == ParseResult::Kind::kNeedMore) break;
+        // kPaused: a request was read to its end.
+        data.remove_prefix(r.consumed);
+        if (handler_ == nullptr || response_complete_) {
+            finish_request();
+            if (closed_) break;
+            parser_.resume();
+            continue;
+        }
+        parser_paused_ = true;
+        pending_.assign(data);
+        break;
+    }
+    in_process_ = false;
+    if (closed_) return;
+    if (!transport_.out().empty()) transport_.flush();
+    arm_idle_deadline();
+    update_read_state();
+}
+
+void HttpConnection::on_head(const RequestHead& head) {
+    request_.head_method = head.method == "HEAD";
+    request_.http10 = head.http_minor == 0;
+    request_.keep_alive = head.keep_alive;
+    request_.close_header = false;
+    for (const auto& h : head.headers) {
+        if (is_close_header(h)) request_.close_header = true;
+    }
+    keep_alive_ = head.keep_alive;
+    expect_continue_ = head.expect_continue;
+    message_complete_ = false;
+    response_started_ = false;
+    response_complete_ = false;
+    waiting_writable_ = false;
+    deadline_ms_ = 0;
+    handler_ = ctx_.events.on_request(*this, head);
+}
+
+void HttpConnection::on_body(std::string_view chunk) {
+    if (handler_ != nullptr && !response_complete_) handler_->on_body(chunk);
+}
+
+int HttpConnection::on_message_end() {
+    message_complete_ = true;
+    expect_continue_ = false;
+    if (handler_ != nullptr && !response_complete_) handler_->on_body_complete();
+    return kPause;
+}
+
+void HttpConnection::on_eof() {
+    // Uvicorn treats a half-close like a lost connection; so do we.
+    transport_.close(true);
+}
+
+void HttpConnection::on_closed() {
+    closed_ = true;
+    deadline_ms_ = 0;
+    if (RequestHandler* h = std::exchange(handler_, nullptr)) {
+        if (!response_complete_) h->on_disconnect();
+        h->on_release();
+    }
+    ctx_.events.on_connection_closed(*this);
+}
+
+void HttpConnection::on_deadline() {
+    deadline_ms_ = 0;
+    if (handler_ == nullptr) transport_.close(true);
+}
+
+void HttpConnection::shutdown() {
+    keep_alive_ = false;
+    if (handler_ == nullptr) transport_.close(false);
+}
+
+void HttpConnection::on_drained() {
+    if (waiting_writable_ && handler_ != nullptr) {
+        waiting_writable_ = false;
+        handler_->on_writable();
+    }
+}
+
+void HttpConnection::fail_request(int status, std::string_view detail) {
+    ctx_.events.on_protocol_error(*this, status, detail);
+    if (!response_started_) {
+        auto& lines = ctx_.status_lines;
+        std::string_view body = kInvalidRequest;
+        std::string reason;
+        if (status != 400) {
+            // "HTTP/1.1 431 Request Header Fields Too Large\r\n" → the reason phrase.
+            std::string_view line = lines.line(status);
+            reason.assign(line.substr(13, line.size() - 15));
+            body = reason;
+        }
+        write_simple_response(transport_.out(), lines, status,
+                              ctx_.config.date_header ? ctx_.date.header_line() : "",
+                              ctx_.config.default_headers, body);
+    }
+    keep_alive_ = false;
+    response_started_ = response_complete_ = true;
+    transport_.close(false);
+    closed_ = true;
+}
+
+void HttpConnection::finish_request() {
+    RequestHandler* h = std::exchange(handler_, nullptr);
+    message_complete_ = false;
+    response_started_ = false;
+    response_complete_ = false;
+    waiting_writable_ = false;
+    if (body_paused_) body_paused_ = false;
+    if (h != nullptr) h->on_release();
+    if (!keep_alive_) {
+        transport_.close(false);
+        closed_ = true;
+    }
+}
+
+void HttpConnection::arm_idle_deadline() {
+    if (closed_ || handler_ != nullptr) {
+        deadline_ms_ = 0;
+        return;
+    }
+    auto timeout = static_cast<std::uint64_t>(ctx_.config.timeout_keep_alive * 1000.0);
+    deadline_ms_ = transport_.now_ms() + timeout;
+}
+
+void HttpConnection::update_read_state() {
+    if (closed_) return;
+    bool hold = body_paused_ ||
+                (parser_paused_ && pending_.size() >= ctx_.config.read_high_water);
+    if (hold) {
+        transport_.pause_reading();
+    } else {
+        transport_.resume_reading();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+WriteResult HttpConnection::start_response(int status, std::span<const Header> headers) {
+    if (closed_) return WriteResult::kClosed;
+    if (response_started_) return WriteResult::kAlreadyStarted;
+    std::string_view date = ctx_.config.date_header ? ctx_.date.header_line() : "";
+    header_error_ = write_response_head(transport_.out(), ctx_.status_lines, status, headers,
+                                        request_, date, ctx_.config.default_headers, response_);
+    if (header_error_ != HeaderError::kNone) return WriteResult::kInvalid;
+    response_started_ = true;
+    keep_alive_ = keep_alive_ && response_.keep_alive;
+    if (expect_continue_ && !message_complete_) {
+        // The client still waits for "100 Continue" and may never send the body: the
+        // connection cannot be reused (RFC 9110 §10.1.1).
+        expect_continue_ = false;
+        keep_alive_ = false;
+    }
+    if (!in_process_) transport_.schedule_flush();
+    return WriteResult::kOk;
+}
+
+WriteResult HttpConnection::write_body(std::string_view data, bool more) {
+    if (closed_) return WriteResult::kClosed;
+    if (!response_started_) return WriteResult::kNotStarted;
+    if (response_complete_) return WriteResult::kFinished;
+    if (response_.framing == Framing::kContentLength) {
+        if (data.size() > response_.remaining) return WriteResult::kTooLong;
+        if (!more && data.size() < response_.remaining) return WriteResult::kTooShort;
+        response_.remaining -= data.size();
+    }
+    std::string& out = transport_.out();
+    write_body_chunk(out, response_, data);
+    if (!more) {
+        write_body_end(out, response_);
+        response_complete_ = true;
+    }
+    if (out.size() >= ctx_.config.write_high_water || (!more && !keep_alive_)) {
+        transport_.flush();
+    } else if (!in_process_) {
+        transport_.schedule_flush();
+    }
+    if (response_complete_ && !in_process_) {
+        if (message_complete_ || !keep_alive_) {
+            finish_request();
+            if (!closed_) {
+                parser_paused_ = false;
+                parser_.resume();
+                if (!pending_.empty()) {
+                    transport_.schedule_resume();
+                } else {
+                    arm_idle_deadline();
+                }
+                update_read_state();
+            }
+        } else {
+            // The app answered without reading the whole body: read on and discard it.
+            body_paused_ = false;
+            update_read_state();
+        }
+        return WriteResult::kOk;
+    }
+    if (transport_.buffered() >= ctx_.config.write_high_water) {
+        waiting_writable_ = true;
+        return WriteResult::kWait;
+    }
+    return WriteResult::kOk;
+}
+
+void HttpConnection::respond_simple(int status, std::string_view body) {
+    if (closed_ || response_started_) return;
+    write_simple_response(transport_.out(), ctx_.status_lines, status,
+                          ctx_.config.date_header ? ctx_.date.header_line() : "",
+                          ctx_.config.default_headers, body);
+    response_started_ = response_complete_ = true;
+    keep_alive_ = false;
+    if (!in_process_) transport_.flush();
+}
+
+void HttpConnection::want_body() {
+    if (!expect_continue_ || response_started_ || closed_) return;
+    expect_continue_ = false;
+    transport_.out().append(kContinue);
+    if (!in_process_) transport_.flush();
+}
+
+void HttpConnection::pause_body() {
+    body_paused_ = true;
+    update_read_state();
+}
+
+void HttpConnection::resume_body() {
+    if (!body_paused_) return;
+    body_paused_ = false;
+    update_read_state();
+}
+
+void HttpConnection::abort() {
+    if (closed_) return;
+    keep_alive_ = false;
+    closed_ = true;
+    transport_.close(true);
+}
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// HttpConnection: the HTTP/1.1 connection state machine. It glues a Transport, an HttpParser
+// and the response framing together: keep-alive, pipelining (one request at a time, parsing
+// paused while a response is outstanding), 100-continue, read and write backpressure, canned
+// error responses and the idle deadline. No Python here.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "core/config.hpp"
+#include "core/date_cache.hpp"
+#include "core/http_parser.hpp"
+#include "core/request_handler.hpp"
+#include "core/response_writer.hpp"
+#include "core/transport.hpp"
+
+namespace cppuvicorn::core {
+
+// Shared by every connection of one server.
+struct ConnectionContext {
+    const ServerConfig& config;
+    const StatusLines& status_lines;
+    DateCache& date;
+    ConnectionEvents& events;
+};
+
+class HttpConnection final : private ParserSink {
+public:
+    HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
+                   PeerAddress local);
+    HttpConnection(const HttpConnection&) = delete;
+    HttpConnection& operator=(const HttpConnection&) = delete;
+
+    // ---- called by the transport owner ----
+    void on_data(std::string_view data);  // bytes from the socket (the view dies after)
+    void on_eof();                        // the peer closed its side, or a read error
+    void on_drained();                    // buffered() dropped below the high-water mark
+    void on_closed();                     // the transport is closed: release the handler
+    void process_pending();               // see Transport::schedule_resume
+    // Idle/timeout deadline on Transport::now_ms()'s clock, or 0 for none.
+    std::uint64_t deadline_ms() const { return deadline_ms_; }
+    void on_deadline();                   // the deadline passed
+    // Server shutdown: close now if idle, else close after the current response.
+    void shutdown();
+
+    // ---- called by the request handler (the application side) ----
+    WriteResult start_response(int status, std::span<const Header> headers);
+    // Last error detail from start_response (kBadName/kBadValue) for the app's RuntimeError.
+    HeaderError last_header_error() const { return header_error_; }
+    WriteResult write_body(std::string_view data, bool more);
+    // A complete server-generated response (e.g. 503) instead of calling the app; closes after.
+    void respond_simple(int status, std::string_view body);
+    // The app wants the body: sends "100 Continue" the first time if the client expects it.
+    void want_body();
+    // Body flow control: the handler holds more than it wants / has consumed it.
+    void pause_body();
+    void resume_body();
+    // Close the connection now (app error after the response started, etc.).
+    void abort();
+
+    bool response_started() const { return response_started_; }
+    bool closed() const { return closed_; }
+    bool idle() const { return handler_ == nullptr && !parser_.in_message(); }
+    const PeerAddress& peer() const { return peer_; }
+    const PeerAddress& local() const { return local_; }
+    void* user_data = nullptr;  // owned by the ConnectionEvents implementation
+
+private:
+    // ParserSink
+    void on_head(const RequestHead& head) override;
+    void on_body(std::string_view chunk) override;
+    int on_message_end() override;
+
+    void process(std::string_view data);
+    void fail_request(int status, std::string_view detail);
+    void finish_request();
+    void arm_idle_deadline();
+    void update_read_state();
+
+    Transport& transport_;
+    ConnectionContext& ctx_;
+    HttpParser parser_;
+    PeerAddress peer_;
+    PeerAddress local_;
+    RequestHandler* handler_ = nullptr;
+    RequestInfo request_;
+    ResponseState response_;
+    std::string pending_;             // unparsed bytes waiting behind the current request
+    std::uint64_t deadline_ms_ = 0;
+    HeaderError header_error_ = HeaderError::kNone;
+    bool in_process_ = false;         // inside process(): completions are handled by its loop
+    bool message_complete_ = false;   // the current request has been read to its end
+    bool response_started_ = false;
+    bool response_complete_ = false;
+    bool expect_continue_ = false;    // the client waits for 100 before sending the body
+    bool waiting_writable_ = false;   // write_body returned kWait
+    bool body_paused_ = false;        // the handler asked to stop reading body
+    bool parser_paused_ = false;      // a request is outstanding; parsing waits
+    bool keep_alive_ = true;          // the connection may carry another request
+    bool closed_ = false;
+};
+
+}  // namespace cppuvicorn::core

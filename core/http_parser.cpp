@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "core/http_parser.hpp"
+
+#include <cstring>
+
+namespace cppuvicorn::core {
+
+// llhttp calls these from inside llhttp_execute; never re-entered for the same parser.
+template <auto Member, class... Args>
+int parser_thunk(llhttp_t* p, Args... args) noexcept {
+    auto& self = *static_cast<HttpParser*>(p->data);
+    return (self.*Member)(args...);
+}
+
+struct ParserSettings {
+    static llhttp_settings_t make() {
+        llhttp_settings_t s;
+        llhttp_settings_init(&s);
+        s.on_message_begin = parser_thunk<&HttpParser::handle_message_begin>;
+        s.on_url = parser_thunk<&HttpParser::handle_url, const char*, std::size_t>;
+        s.on_header_field = parser_thunk<&HttpParser::handle_header_field, const char*, std::size_t>;
+        s.on_header_value = parser_thunk<&HttpParser::handle_header_value, const char*, std::size_t>;
+        s.on_headers_complete = parser_thunk<&HttpParser::handle_headers_complete>;
+        s.on_body = parser_thunk<&HttpParser::handle_body, const char*, std::size_t>;
+        s.on_message_complete = parser_thunk<&HttpParser::handle_message_complete>;
+        return s;
+    }
+};
+
+namespace {
+
+const llhttp_settings_t kSettings = ParserSettings::make();
+
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        char c = a[i];
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+        if (c != b[i]) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+HttpParser::HttpParser(ParserSink& sink, const ServerConfig& config)
+    : sink_(sink), config_(config) {
+    llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
+    parser_.data = this;
+    head_buf_.reserve(1024);
+    raw_headers_.reserve(16);
+    head_.headers.reserve(16);
+}
+
+int HttpParser::fail(const char* reason) {
+    llhttp_set_error_reason(&parser_, reason);
+    return HPE_USER;
+}
+
+bool HttpParser::grow_head(std::size_t len) {
+    return head_buf_.size() + len <= config_.max_head_size;
+}
+
+int HttpParser::handle_message_begin() {
+    in_message_ = true;
+    head_done_ = false;
+    in_value_ = false;
+    head_buf_.clear();
+    raw_headers_.clear();
+    url_ = {};
+    return 0;
+}
+
+int HttpParser::handle_url(const char* at, std::size_t len) {
+    if (url_.len + len > config_.max_url_size) return fail("414:request target too long");
+    if (!grow_head(len)) return fail("431:request head too large");
+    if (url_.len == 0) url_.offset = static_cast<std::uint32_t>(head_buf_.size());
+    head_buf_.append(at, len);
+    url_.len += static_cast<std::uint32_t>(len);
+    return 0;
+}
+
+int HttpParser::handle_header_field(const char* at, std::size_t len) {
+    if (!grow_head(len)) return fail("431:request head too large");
+    if (raw_headers_.empty() || in_value_) {
+        if (raw_headers_.size() >= config_.max_header_count) return fail("431:too many headers");
+        raw_headers_.push_back({{static_cast<std::uint32_t>(head_buf_.size()), 0}, {}});
+        in_value_ = false;
+    }
+    // Header names are ASCII tokens (llhttp checked them): lowercase while copying.
+    std::size_t start = head_buf_.size();
+    head_buf_.append(at, len);
+    for (std::size_t i = start; i < head_buf_.size(); ++i) {
+        char& c = head_buf_[i];
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    }
+    raw_headers_.back().name.len += static_cast<std::uint32_t>(len);
+    return 0;
+}
+
+int HttpParser::handle_header_value(const char* at, std::size_t len) {
+    if (!grow_head(len)) return fail("431:request head too large");
+    auto& h = raw_headers_.back();
+    if (!in_value_) {
+        in_value_ = true;
+        h.value.offset = static_cast<std::uint32_t>(head_buf_.size());
+    }
+    head_buf_.append(at, len);
+    h.value.len += static_cast<std::uint32_t>(len);
+    return 0;
+}
+
+int HttpParser::handle_headers_complete() {
+    head_done_ = true;
+    const char* base = head_buf_.data();
+    auto view = [base](Span s) { return std::string_view(base + s.offset, s.len); };
+    head_.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+    head_.target = view(url_);
+    head_.http_major = parser_.http_major;
+    head_.http_minor = parser_.http_minor;
+    head_.keep_alive = llhttp_should_keep_alive(&parser_) != 0;
+    head_.upgrade = parser_.upgrade != 0;
+    head_.has_body = (parser_.flags & F_CHUNKED) != 0 ||
+                     ((parser_.flags & F_CONTENT_LENGTH) != 0 && parser_.content_length > 0);
+    head_.expect_continue = false;
+    head_.headers.clear();
+    for (const auto& raw : raw_headers_) {
+        Header h{view(raw.name), view(raw.value)};
+        // llhttp keeps trailing whitespace of values (RFC 9110 §5.5 says strip it).
+        while (!h.value.empty() && (h.value.back() == ' ' || h.value.back() == '\t')) {
+            h.value.remove_suffix(1);
+        }
+        if (h.name == "expect" && iequals(h.value, "100-continue")) head_.expect_continue = true;
+        head_.headers.push_back(h);
+    }
+    if (head_.http_major != 1) return fail("505:HTTP version not supported");
+    sink_.on_head(head_);
+    return 0;
+}
+
+int HttpParser::handle_body(const char* at, std::size_t len) {
+    sink_.on_body({at, len});
+    return 0;
+}
+
+int HttpParser::handle_message_complete() {
+    in_message_ = false;
+    return sink_.on_message_end();
+}
+
+ParseResult HttpParser::execute(std::string_view data) {
+    ParseResult r;
+    llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
+    if (err == HPE_OK) {
+        r.consumed = data.size();
+        return r;
+    }
+    const char* pos = llhttp_get_error_pos(&parser_);
+    r.consumed = pos ? static_cast<std::size_t>(pos - data.data()) : data.size();
+    if (err == HPE_PAUSED) {
+        r.kind = ParseResult::Kind::kPaused;
+        return r;
+    }
+    if (err == HPE_PAUSED_UPGRADE) {
+        // No upgrade handler is installed for this request: keep parsing the connection as
+        // HTTP/1.1, as Uvicorn does for unsupported upgrades.
+        llhttp_resume_after_upgrade(&parser_);
+        r.kind = ParseResult::Kind::kPaused;
+        return r;
+    }
+    r.kind = ParseResult::Kind::kError;
+    r.status = 400;
+    const char* reason = llhttp_get_error_reason(&parser_);
+    r.detail = reason ? reason : llhttp_errno_name(err);
+    if (err == HPE_USER && r.detail.size() > 4 && r.detail[3] == ':') {
+        r.status = (r.detail[0] - '0') * 100 + (r.detail[1] - '0') * 10 + (r.detail[2] - '0');
+        r.detail.remove_prefix(4);
+    }
+    return r;
+}
+
+}  // namespace cppuvicorn::core

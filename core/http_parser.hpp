@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// HttpParser: a strict HTTP/1.1 request parser on top of llhttp. It copies the request head
+// into its own buffer (so the read buffer can be reused between reads), lowercases header
+// names, enforces the head limits, and reports to a ParserSink. No Python, no I/O here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <llhttp.h>
+
+#include "core/config.hpp"
+#include "core/request_handler.hpp"
+
+namespace cppuvicorn::core {
+
+// Receives parser events. Return 0 to continue, kPause from on_message_end to stop the parser
+// right after the message (for pipelining: the next request waits for the response).
+class ParserSink {
+public:
+    static constexpr int kPause = HPE_PAUSED;
+    virtual void on_head(const RequestHead& head) = 0;
+    virtual void on_body(std::string_view chunk) = 0;
+    virtual int on_message_end() = 0;
+
+protected:
+    ~ParserSink() = default;
+};
+
+struct ParseResult {
+    enum class Kind : std::uint8_t { kNeedMore, kPaused, kError };
+    Kind kind = Kind::kNeedMore;
+    std::size_t consumed = 0;   // bytes consumed from the input
+    int status = 0;             // with kError: the HTTP status to answer (400, 413, 414, 431, 505)
+    std::string_view detail;    // with kError: why (llhttp's reason or ours); static storage
+};
+
+class HttpParser {
+public:
+    HttpParser(ParserSink& sink, const ServerConfig& config);
+    HttpParser(const HttpParser&) = delete;
+    HttpParser& operator=(const HttpParser&) = delete;
+
+    // Feed bytes. Stops at the end of the input, after a message whose on_message_end
+    // asked to pause, or at the first error (after which the parser is unusable).
+    ParseResult execute(std::string_view data);
+
+    // Continue after kPaused: the next execute() starts a new message.
+    void resume() { llhttp_resume(&parser_); }
+
+    // True between the first byte of a message and its end.
+    bool in_message() const { return in_message_; }
+    // True while inside the head of a message (for the head timeout).
+    bool in_head() const { return in_message_ && !head_done_; }
+
+private:
+    template <auto Member, class... Args>
+    friend int parser_thunk(llhttp_t* p, Args... args) noexcept;
+    friend struct ParserSettings;
+
+    int handle_message_begin();
+    int handle_url(const char* at, std::size_t len);
+    int handle_header_field(const char* at, std::size_t len);
+    int handle_header_value(const char* at, std::size_t len);
+    int handle_headers_complete();
+    int handle_body(const char* at, std::size_t len);
+    int handle_message_complete();
+    int fail(const char* reason);  // sets a "STATUS:reason" user error
+    bool grow_head(std::size_t len);
+
+    struct Span {
+        std::uint32_t offset = 0;
+        std::uint32_t len = 0;
+    };
+    struct RawHeader {
+        Span name;
+        Span value;
+    };
+
+    llhttp_t parser_{};
+    ParserSink& sink_;
+    const ServerConfig& config_;
+    std::string head_buf_;  // url, header names (lowercased) and values, back to back
+    Span url_;
+    std::vector<RawHeader> raw_headers_;
+    RequestHead head_;
+    bool in_value_ = false;
+    bool in_message_ = false;
+    bool head_done_ = false;
+};
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "core/response_writer.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+
+namespace cppuvicorn::core {
+
+namespace {
+
+struct Reason {
+    int status;
+    const char* text;
+};
+
+constexpr Reason kReasons[] = {
+    {100, "Continue"}, {101, "Switching Protocols"}, {102, "Processing"}, {103, "Early Hints"},
+    {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {203, "Non-Authoritative Information"},
+    {204, "No Content"}, {205, "Reset Content"}, {206, "Partial Content"},
+    {207, "Multi-Status"}, {208, "Already Reported"}, {226, "IM Used"},
+    {300, "Multiple Choices"}, {301, "Moved Permanently"}, {302, "Found"}, {303, "See Other"},
+    {304, "Not Modified"}, {305, "Use Proxy"}, {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"}, {400, "Bad Request"}, {401, "Unauthorized"},
+    {402, "Payment Required"}, {403, "Forbidden"}, {404, "Not Found"},
+    {405, "Method Not Allowed"}, {406, "Not Acceptable"},
+    {407, "Proxy Authentication Required"}, {408, "Request Timeout"}, {409, "Conflict"},
+    {410, "Gone"}, {411, "Length Required"}, {412, "Precondition Failed"},
+    {413, "Request Entity Too Large"}, {414, "Request-URI Too Long"},
+    {415, "Unsupported Media Type"}, {416, "Requested Range Not Satisfiable"},
+    {417, "Expectation Failed"}, {418, "I'm a Teapot"}, {421, "Misdirected Request"},
+    {422, "Unprocessable Entity"}, {423, "Locked"}, {424, "Failed Dependency"},
+    {425, "Too Early"}, {426, "Upgrade Required"}, {428, "Precondition Required"},
+    {429, "Too Many Requests"}, {431, "Request Header Fields Too Large"},
+    {451, "Unavailable For Legal Reasons"}, {500, "Internal Server Error"},
+    {501, "Not Implemented"}, {502, "Bad Gateway"}, {503, "Service Unavailable"},
+    {504, "Gateway Timeout"}, {505, "HTTP Version Not Supported"},
+    {506, "Variant Also Negotiates"}, {507, "Insufficient Storage"}, {508, "Loop Detected"},
+    {510, "Not Extended"}, {511, "Network Authentication Required"},
+};
+
+// Uvicorn's HEADER_RE: CTLs, separators and whitespace are not allowed in names.
+bool valid_name(std::string_view name) {
+    if (name.empty()) return false;
+    for (unsigned char c : name) {
+        if (c <= 0x20 || c == 0x7f) return false;
+        switch (c) {
+            case '(': case ')': case '<': case '>': case '@': case ',': case ';': case ':':
+            case '[': case ']': case '=': case '{': case '}': case '\\': case '"':
+                return false;
+            default:
+                break;
+        }
+    }
+    return true;
+}
+
+// Uvicorn's HEADER_VALUE_RE: CTLs other than HTAB are not allowed in values (this is what
+// keeps CR/LF, and so response splitting, off the wire).
+bool valid_value(std::string_view value) {
+    for (unsigned char c : value) {
+        if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+    }
+    return true;
+}
+
+bool iequals(std::string_view a, std::string_view lower) {
+    if (a.size() != lower.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        char c = a[i];
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+        if (c != lower[i]) return false;
+    }
+    return true;
+}
+
+void append_lower(std::string& out, std::string_view s) {
+    std::size_t at = out.size();
+    out.append(s);
+    for (std::size_t i = at; i < out.size(); ++i) {
+        char& c = out[i];
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    }
+}
+
+bool parse_length(std::string_view v, std::uint64_t& out) {
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    return ec == std::errc() && p == v.data() + v.size() && !v.empty();
+}
+
+}  // namespace
+
+StatusLines::StatusLines() {
+    for (int s = 100; s < 600; ++s) lines_[s - 100] = fmt::format("HTTP/1.1 {} \r\n", s);
+    for (const auto& r : kReasons) set_reason(r.status, r.text);
+}
+
+void StatusLines::set_reason(int status, std::string_view reason) {
+    if (status < 100 || status > 599) return;
+    lines_[status - 100] = fmt::format("HTTP/1.1 {} {}\r\n", status, reason);
+}
+
+HeaderError write_response_head(std::string& out, const StatusLines& lines, int status,
+                                std::span<const Header> headers, const RequestInfo& req,
+                                std::string_view date_line, std::string_view default_headers,
+                                ResponseState& state) {
+    if (status < 100 || status > 599) return HeaderError::kBadStatus;
+    std::size_t estimate = 64 + date_line.size() + default_headers.size();
+    for (const auto& h : headers) {
+        if (!valid_name(h.name)) return HeaderError::kBadName;
+        if (!valid_value(h.value)) return HeaderError::kBadValue;
+        estimate += h.name.size() + h.value.size() + 4;
+    }
+    const std::size_t start = out.size();
+    out.reserve(start + estimate);
+    out.append(lines.line(status));
+    out.append(date_line);
+    out.append(default_headers);
+
+    bool has_length = false;
+    bool chunked = false;
+    bool close = false;
+    std::uint64_t length = 0;
+    for (const auto& h : headers) {
+        append_lower(out, h.name);
+        out.append(": ", 2);
+        out.append(h.value);
+        out.append("\r\n", 2);
+        if (iequals(h.name, "content-length") && !has_length && !chunked) {
+            if (!parse_length(h.value, length)) {
+                out.resize(start);
+                return HeaderError::kBadValue;
+            }
+            has_length = true;
+        } else if (iequals(h.name, "transfer-encoding") && iequals(h.value, "chunked")) {
+            chunked = true;
+        } else if (iequals(h.name, "connection") && iequals(h.value, "close")) {
+            close = true;
+        }
+    }
+    state.keep_alive = req.keep_alive && !close;
+    if (req.close_header && !close) out.append("connection: close\r\n");
+
+    const bool no_body = req.head_method || status < 200 || status == 204 || status == 304;
+    if (no_body) {
+        state.framing = Framing::kNoBody;
+    } else if (chunked && !req.http10) {
+        state.framing = Framing::kChunked;
+    } else if (has_length) {
+        state.framing = Framing::kContentLength;
+        state.remaining = length;
+    } else if (!req.http10) {
+        // RFC 9112 §6.1: chunked only to HTTP/1.1 clients.
+        state.framing = Framing::kChunked;
+        out.append("transfer-encoding: chunked\r\n");
+    } else {
+        // RFC 9112 §6.3: an HTTP/1.0 body without a length ends with the connection.
+        state.framing = Framing::kUntilClose;
+        state.keep_alive = false;
+    }
+    out.append("\r\n", 2);
+    return HeaderError::kNone;
+}
+
+void write_body_chunk(std::string& out, const ResponseState& state, std::string_view data) {
+    if (data.empty() || state.framing == Framing::kNoBody) return;
+    if (state.framing == Framing::kChunked) {
+        char size[24];
+        auto r = std::to_chars(size, size + sizeof size, data.size(), 16);
+        out.reserve(out.size() + data.size() + 24);
+        out.append(size, r.ptr);
+        out.append("\r\n", 2);
+        out.append(data);
+        out.append("\r\n", 2);
+    } else {
+        out.append(data);
+    }
+}
+
+void write_body_end(std::string& out, const ResponseState& state) {
+    if (state.framing == Framing::kChunked) out.append("0\r\n\r\n", 5);
+}
+
+void write_simple_response(std::string& out, const StatusLines& lines, int status,
+                           std::string_view date_line, std::string_view default_headers,
+                           std::string_view body) {
+    out.append(lines.line(status));
+    out.append(date_line);
+    out.append(default_headers);
+    fmt::format_to(std::back_inserter(out),
+                   "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n"
+                   "connection: close\r\n\r\n",
+                   body.size());
+    out.append(body);
+}
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "core/server.hpp"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include "core/connection.hpp"
+#include "core/http_connection.hpp"
+
+namespace cppuvicorn::core {
+
+namespace {
+constexpr std::size_t kReadBufferSize = 65536;
+}
+
+struct Server::Listener {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } handle{};
+    Server* server = nullptr;
+    bool unix_socket = false;
+    uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
+    uv_handle_t* as_handle() { return reinterpret_cast<uv_handle_t*>(&handle); }
+};
+
+Server::Server(uv_loop_t* loop, ServerConfig config, ConnectionEvents& events, LoopHooks& hooks)
+    : loop_(loop),
+      config_(std::move(config)),
+      events_(events),
+      hooks_(hooks),
+      read_buffer_(new char[kReadBufferSize]) {
+    ctx_ = std::make_unique<ConnectionContext>(
+        ConnectionContext{config_, status_lines_, date_, events_});
+}
+
+Server::~Server() {
+    // Owners call stop_listening() and close_all() and let the loop run the close callbacks
+    // first; whatever is left here is abandoned to the loop's own teardown.
+}
+
+int Server::listen_tcp(const std::string& host, int port, int backlog, PeerAddress* bound) {
+    sockaddr_storage addr{};
+    int rc = host.find(':') != std::string::npos
+                 ? uv_ip6_addr(host.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr))
+                 : uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr));
+    if (rc != 0) return rc;
+    auto* l = new Listener;
+    l->server = this;
+    uv_tcp_init_ex(loop_, &l->handle.tcp, addr.ss_family);
+    l->handle.tcp.data = l;
+    // SO_REUSEADDR is set by libuv itself on bind.
+    rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<sockaddr*>(&addr), 0);
+    if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
+    if (rc != 0) {
+        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
+            delete static_cast<Listener*>(h->data);
+        });
+        return rc;
+    }
+    if (bound != nullptr) {
+        sockaddr_storage ss{};
+        int len = sizeof ss;
+        uv_tcp_getsockname(&l->handle.tcp, reinterpret_cast<sockaddr*>(&ss), &len);
+        char name[INET6_ADDRSTRLEN] = {};
+        if (ss.ss_family == AF_INET6) {
+            auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+            uv_ip6_name(in6, name, sizeof name);
+            bound->port = ntohs(in6->sin6_port);
+        } else {
+            auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+            uv_ip4_name(in, name, sizeof name);
+            bound->port = ntohs(in->sin_port);
+        }
+        bound->host = name;
+    }
+    listeners_.push_back(l);
+    note_uv_work();
+    return 0;
+}
+
+int Server::listen_unix(const std::string& path, int backlog) {
+    auto* l = new Listener;
+    l->server = this;
+    l->unix_socket = true;
+    uv_pipe_init(loop_, &l->handle.pipe, 0);
+    l->handle.pipe.data = l;
+    int rc = uv_pipe_bind(&l->handle.pipe, path.c_str());
+    if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
+    if (rc != 0) {
+        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
+            delete static_cast<Listener*>(h->data);
+        });
+        return rc;
+    }
+    listeners_.push_back(l);
+    note_uv_work();
+    return 0;
+}
+
+int Server::listen_fd(int fd, PeerAddress* bound) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return -errno;
+    auto* l = new Listener;
+    l->server = this;
+    l->unix_socket = ss.ss_family == AF_UNIX;
+    int rc = l->unix_socket ? uv_pipe_init(loop_, &l->handle.pipe, 0)
+                            : uv_tcp_init(loop_, &l->handle.tcp);
+    l->as_handle()->data = l;
+    if (rc == 0) {
+        rc = l->unix_socket ? uv_pipe_open(&l->handle.pipe, fd) : uv_tcp_open(&l->handle.tcp, fd);
+    }
+    if (rc == 0) rc = uv_listen(l->stream(), config_.backlog, on_uv_connection);
+    if (rc != 0) {
+        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
+            delete static_cast<Listener*>(h->data);
+        });
+        return rc;
+    }
+    if (bound != nullptr && !l->unix_socket) {
+        char name[INET6_ADDRSTRLEN] = {};
+        if (ss.ss_family == AF_INET6) {
+            auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+            uv_ip6_name(in6, name, sizeof name);
+            bound->port = ntohs(in6->sin6_port);
+        } else {
+            auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+            uv_ip4_name(in, name, sizeof name);
+            bound->port = ntohs(in->sin_port);
+        }
+        bound->host = name;
+    }
+    listeners_.push_back(l);
+    note_uv_work();
+    return 0;
+}
+
+void Server::stop_listening() {
+    for (Listener* l : listeners_) {
+        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
+            delete static_cast<Listener*>(h->data);
+        });
+    }
+    listeners_.clear();
+    note_uv_work();
+}
+
+void Server::on_uv_connection(uv_stream_t* stream, int status) noexcept {
+    auto* l = static_cast<Listener*>(stream->data);
+    if (status == 0) l->server->accept(*l);
+}
+
+void Server::accept(Listener& l) { TcpConnection::accept(*this, l.stream(), l.unix_socket); }
+
+uv_buf_t Server::borrow_read_buffer() {
+    return uv_buf_init(read_buffer_.get(), static_cast<unsigned>(kReadBufferSize));
+}
+
+void Server::add(TcpConnection* c) {
+    c->registry_index = connections_.size();
+    connections_.push_back(c);
+}
+
+void Server::remove(TcpConnection* c) {
+    // Swap-remove keeps the registry O(1); deferred lists are short, scan them.
+    std::size_t i = c->registry_index;
+    if (i < connections_.size() && connections_[i] == c) {
+        connections_[i] = connections_.back();
+        connections_[i]->registry_index = i;
+        connections_.pop_back();
+    }
+    if (c->in_flush_list) std::replace(flush_list_.begin(), flush_list_.end(), c,
+                                       static_cast<TcpConnection*>(nullptr));
+    if (c->in_resume_list) std::replace(resume_list_.begin(), resume_list_.end(), c,
+                                        static_cast<TcpConnection*>(nullptr));
+}
+
+void Server::defer_flush(TcpConnection* c) {
+    c->in_flush_list = true;
+    flush_list_.push_back(c);
+    note_uv_work();
+}
+
+void Server::defer_resume(TcpConnection* c) {
+    c->in_resume_list = true;
+    resume_list_.push_back(c);
+    note_uv_work();
+}
+
+void Server::note_uv_work() {
+    if (in_uv_run_ || run_requested_) return;
+    run_requested_ = true;
+    hooks_.request_run();
+}
+
+void Server::run_deferred() {
+    // Pipelined requests first: their responses may join the flushes below.
+    while (!resume_list_.empty()) {
+        std::vector<TcpConnection*> batch;
+        batch.swap(resume_list_);
+        for (TcpConnection* c : batch) {
+            if (c == nullptr) continue;
+            c->in_resume_list = false;
+            c->http().process_pending();
+        }
+    }
+    std::vector<TcpConnection*> batch;
+    batch.swap(flush_list_);
+    for (TcpConnection* c : batch) {
+        if (c == nullptr) continue;
+        c->in_flush_list = false;
+        c->flush();
+    }
+}
+
+void Server::run_once() {
+    run_requested_ = false;
+    run_deferred();
+    in_uv_run_ = true;
+    uv_run(loop_, UV_RUN_NOWAIT);
+    in_uv_run_ = false;
+    run_deferred();
+}
+
+void Server::sweep() {
+    std::uint64_t now = uv_hrtime() / 1000000;
+    // Copy: closing removes connections from the registry.
+    std::vector<TcpConnection*> expired;
+    for (TcpConnection* c : connections_) {
+        std::uint64_t d = c->http().deadline_ms();
+        if (d != 0 && d <= now) expired.push_back(c);
+    }
+    for (TcpConnection* c : expired) c->http().on_deadline();
+}
+
+void Server::shutdown() {
+    std::vector<TcpConnection*> all = connections_;
+    for (TcpConnection* c : all) c->http().shutdown();
+}
+
+void Server::close_all() {
+    std::vector<TcpConnection*> all = connections_;
+    for (TcpConnection* c : all) c->close(true);
+}
+
+}  // namespace cppuvicorn::core

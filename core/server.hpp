@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Server: listeners, the registry of open connections, deferred per-turn work (flushes and
+// pipelined requests), idle deadlines and graceful shutdown, on a libuv loop that somebody
+// else runs (the ASGI bridge nests it in asyncio). No Python here.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/date_cache.hpp"
+#include "core/request_handler.hpp"
+#include "core/response_writer.hpp"
+#include "core/transport.hpp"
+
+namespace cppuvicorn::core {
+
+class TcpConnection;
+struct ConnectionContext;
+
+// How the server asks whoever runs the loop for attention.
+class LoopHooks {
+public:
+    // Something was queued outside uv_run (a write, a close, read start/stop, deferred work):
+    // call Server::run_once() soon, at the latest at the end of this loop turn.
+    virtual void request_run() noexcept = 0;
+
+protected:
+    ~LoopHooks() = default;
+};
+
+class Server {
+public:
+    Server(uv_loop_t* loop, ServerConfig config, ConnectionEvents& events, LoopHooks& hooks);
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // Bind and listen. Return 0 or a negative libuv error code.
+    int listen_tcp(const std::string& host, int port, int backlog, PeerAddress* bound);
+    int listen_unix(const std::string& path, int backlog);
+    int listen_fd(int fd, PeerAddress* bound);
+    void stop_listening();
+
+    // Runs deferred work, one non-blocking libuv pass, and deferred work again.
+    void run_once();
+    // Closes connections whose idle deadline passed; call a few times a second.
+    void sweep();
+    // Graceful: idle connections close now, busy ones after their current response.
+    void shutdown();
+    // Closes every connection now.
+    void close_all();
+
+    std::size_t connection_count() const { return connections_.size(); }
+    std::size_t listener_count() const { return listeners_.size(); }
+    const ServerConfig& config() const { return config_; }
+    StatusLines& status_lines() { return status_lines_; }
+    uv_loop_t* loop() const { return loop_; }
+
+    // ---- for TcpConnection ----
+    uv_buf_t borrow_read_buffer();
+    void defer_flush(TcpConnection* c);
+    void defer_resume(TcpConnection* c);
+    void note_uv_work();
+    void add(TcpConnection* c);
+    void remove(TcpConnection* c);
+    ConnectionContext& context() { return *ctx_; }
+
+private:
+    struct Listener;
+    static void on_uv_connection(uv_stream_t* server, int status) noexcept;
+    void accept(Listener& l);
+    void run_deferred();
+
+    uv_loop_t* loop_;
+    ServerConfig config_;
+    ConnectionEvents& events_;
+    LoopHooks& hooks_;
+    StatusLines status_lines_;
+    DateCache date_;
+    std::unique_ptr<ConnectionContext> ctx_;
+    std::vector<Listener*> listeners_;
+    std::vector<TcpConnection*> connections_;
+    std::vector<TcpConnection*> flush_list_;
+    std::vector<TcpConnection*> resume_list_;
+    std::unique_ptr<char[]> read_buffer_;
+    bool in_uv_run_ = false;
+    bool run_requested_ = false;
+};
+
+}  // namespace cppuvicorn::core

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Transport: what HttpConnection needs from a byte stream. TcpConnection implements it on a
+// libuv stream; unit tests implement it in memory. No Python here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace cppuvicorn::core {
+
+struct PeerAddress {
+    std::string host;  // numeric IP, or the socket path for UNIX sockets
+    int port = 0;      // 0 for UNIX sockets
+    bool unix_socket = false;
+};
+
+class Transport {
+public:
+    // The output buffer: append freely, then call flush() (or let the owner flush it at the
+    // end of the loop turn, see schedule_flush).
+    virtual std::string& out() = 0;
+    // Write what is in out() now (try-write, then queue the rest).
+    virtual void flush() = 0;
+    // Flush out() before the end of this loop turn; lets writes of one turn coalesce.
+    virtual void schedule_flush() = 0;
+    // Bytes accepted but not yet handed to the kernel.
+    virtual std::size_t buffered() const = 0;
+    virtual void pause_reading() = 0;
+    virtual void resume_reading() = 0;
+    // Close once everything buffered has been written (or now, if `now`).
+    virtual void close(bool now) = 0;
+    // Ask to be called back (HttpConnection::process_pending) at the end of this loop turn.
+    virtual void schedule_resume() = 0;
+    // Milliseconds on a monotonic clock.
+    virtual std::uint64_t now_ms() const = 0;
+
+protected:
+    ~Transport() = default;
+};
+
+}  // namespace cppuvicorn::core
