@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// WebSocket wire format (RFC 6455) and permessage-deflate (RFC 7692): the handshake accept key,
+// extension negotiation, an incremental frame decoder, the frame encoder and the per-message
+// compressor. Pure: no I/O and no Python here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace cppuvicorn::core {
+
+enum class WsOpcode : std::uint8_t {
+    kContinuation = 0x0,
+    kText = 0x1,
+    kBinary = 0x2,
+    kClose = 0x8,
+    kPing = 0x9,
+    kPong = 0xA,
+};
+
+// Close codes used by the server (RFC 6455 §7.4.1).
+namespace ws_close {
+constexpr int kNormal = 1000;
+constexpr int kGoingAway = 1001;
+constexpr int kProtocolError = 1002;
+constexpr int kNoStatus = 1005;
+constexpr int kAbnormal = 1006;
+constexpr int kInvalidData = 1007;
+constexpr int kTooBig = 1009;
+constexpr int kInternalError = 1011;
+constexpr int kServiceRestart = 1012;
+}  // namespace ws_close
+
+// base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2).
+std::string websocket_accept_key(std::string_view client_key);
+
+// True if the close code may be sent on the wire (RFC 6455 §7.4).
+bool valid_close_code(int code);
+// True if `s` is valid UTF-8.
+bool valid_utf8(std::string_view s);
+
+// permessage-deflate parameters agreed with the client.
+struct DeflateParams {
+    bool server_no_context_takeover = false;
+    bool client_no_context_takeover = false;
+    int server_max_window_bits = 15;  // our compressor's window
+    int client_max_window_bits = 15;  // the client's compressor's window (our inflater)
+    std::string response;             // the Sec-WebSocket-Extensions value to answer with
+};
+
+// Negotiates permessage-deflate from a Sec-WebSocket-Extensions header value the way the
+// `websockets` library's ServerPerMessageDeflateFactory(server_max_window_bits=12,
+// client_max_window_bits=12) does: the first acceptable offer wins.
+std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offers,
+                                                          int server_max_window_bits = 12,
+                                                          int client_max_window_bits = 12);
+
+// One decoded frame. `payload` is unmasked and lives until the next feed().
+struct WsFrame {
+    bool fin = true;
+    bool rsv1 = false;
+    WsOpcode opcode = WsOpcode::kText;
+    std::string_view payload;
+};
+
+// Incremental decoder for client frames: feed bytes, take frames while next() returns them.
+class WsDecoder {
+public:
+    explicit WsDecoder(std::uint64_t max_frame_size, bool allow_rsv1)
+        : max_frame_size_(max_frame_size), allow_rsv1_(allow_rsv1) {}
+
+    void feed(std::string_view data) { buf_.append(data); }
+
+    enum class Status : std::uint8_t { kFrame, kNeedMore, kError };
+    // Decodes the next complete frame. On kError, error_code() says which close code to send.
+    Status next(WsFrame& out);
+    int error_code() const { return error_code_; }
+    const char* error_reason() const { return error_reason_; }
+
+private:
+    Status fail(int code, const char* reason) {
+        error_code_ = code;
+        error_reason_ = reason;
+        return Status::kError;
+    }
+
+    std::string buf_;
+    std::size_t consumed_ = 0;  // bytes of buf_ already returned
+    std::uint64_t max_frame_size_;
+    bool allow_rsv1_;
+    int error_code_ = 0;
+    const char* error_reason_ = "";
+};
+
+// Appends one unmasked server frame.
+void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload, bool fin = true,
+                     bool rsv1 = false);
+// Appends a close frame with `code` and `reason` (code 1005 → an empty close frame).
+void ws_encode_close(std::string& out, int code, std::string_view reason);
+
+// permessage-deflate compressor and decompressor for one connection (zlib raw deflate).
+class WsDeflate {
+public:
+    explicit WsDeflate(const DeflateParams& params);
+    ~WsDeflate();
+    WsDeflate(const WsDeflate&) = delete;
+    WsDeflate& operator=(const WsDeflate&) = delete;
+
+    // Compresses a whole message (RFC 7692 §7.2.1: the trailing 00 00 ff ff is removed).
+    bool compress(std::string_view message, std::string& out);
+    // Decompresses a whole message; fails if the result would exceed max_size.
+    enum class Inflate : std::uint8_t { kOk, kTooBig, kError };
+    Inflate decompress(std::string_view message, std::uint64_t max_size, std::string& out);
+
+private:
+    struct Streams;
+    std::unique_ptr<Streams> z_;
+    DeflateParams params_;
+};
+
+}  // namespace cppuvicorn::core
