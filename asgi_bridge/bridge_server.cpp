@@ -19,10 +19,12 @@ namespace {
 constexpr double kTickSeconds = 0.1;
 }
 
-struct BridgeServer::ConnData {
-    PyObject* client = nullptr;  // (host, port) or None
-    PyObject* server = nullptr;  // (host, port) or (path, None)
-};
+void ConnData::release() {
+    if (--refs > 0) return;
+    Py_XDECREF(client);
+    Py_XDECREF(server);
+    delete this;
+}
 
 BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, PyObject* state,
                            PyObject* access_log, PyObject* error_log, BridgeOptions options)
@@ -63,7 +65,8 @@ BridgeServer::~BridgeServer() {
     for (PyObject* o : {loop_, app_, run_asgi_, state_, access_log_, error_log_,
                         loop_create_future_, loop_call_soon_, loop_call_later_, task_type_,
                         create_task_, asgi_template_, scheme_, root_path_, run_cb_, tick_cb_,
-                        tick_handle_, stashed_type_, stashed_value_, stashed_tb_}) {
+                        tick_handle_, stashed_type_, stashed_value_, stashed_tb_,
+                        run_asgi_ws_, ws_asgi_template_, ws_scheme_}) {
         Py_XDECREF(o);
     }
 }
@@ -166,9 +169,10 @@ void BridgeServer::close() {
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-BridgeServer::ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
+ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
     if (conn.user_data != nullptr) return *static_cast<ConnData*>(conn.user_data);
     auto* d = new ConnData;
+    d->conn = &conn;
     const core::PeerAddress& peer = conn.peer();
     const core::PeerAddress& local = conn.local();
     if (peer.unix_socket) {
@@ -185,9 +189,8 @@ BridgeServer::ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
 void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {
     auto* d = static_cast<ConnData*>(std::exchange(conn.user_data, nullptr));
     if (d == nullptr) return;
-    Py_XDECREF(d->client);
-    Py_XDECREF(d->server);
-    delete d;
+    d->conn = nullptr;
+    d->release();
 }
 
 PyObject* BridgeServer::spawn(PyObject* coro) {
@@ -205,6 +208,16 @@ PyObject* BridgeServer::spawn(PyObject* coro) {
 
 core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
                                                const core::RequestHead& head) noexcept {
+    if (head.upgrade) {
+        // Uvicorn (httptools_impl._unsupported_upgrade_warning): an upgrade that does not
+        // become a WebSocket session is served as plain HTTP, with a warning.
+        log_error(n::warning, "Unsupported upgrade request.");
+        if (!options_.ws) {
+            log_error(n::warning,
+                      "No supported WebSocket library detected. Please use \"pip install "
+                      "'uvicorn[standard]'\", or install 'websockets' or 'wsproto' manually.");
+        }
+    }
     ConnData& cd = conn_data(conn);
     ScopeInputs in{asgi_template_, cd.client, cd.server, scheme_, root_path_,
                    options_.root_path, state_};
@@ -224,7 +237,7 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
         return nullptr;
     }
     PyObject* receive = nullptr;
-    HttpCycle* cycle = http_cycle_new(*this, conn, scope, &receive);
+    HttpCycle* cycle = http_cycle_new(*this, cd, scope, &receive);
     if (cycle == nullptr) {
         Py_DECREF(scope);
         report_python_error("creating the request cycle");
@@ -291,6 +304,7 @@ void BridgeServer::cancel_tasks() {
     std::vector<HttpCycle*> all;
     for (HttpCycle* c = live_; c != nullptr; c = http_cycle_links(c).next) all.push_back(c);
     for (HttpCycle* c : all) http_cycle_cancel(c);
+    cancel_ws_tasks();
 }
 
 PyObject* BridgeServer::create_future() {

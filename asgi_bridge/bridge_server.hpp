@@ -14,6 +14,7 @@
 
 #include "asgi_bridge/http_cycle.hpp"
 #include "asgi_bridge/scope.hpp"
+#include "asgi_bridge/websocket_cycle.hpp"
 #include "core/server.hpp"
 
 namespace cppuvicorn::asgi {
@@ -23,6 +24,19 @@ struct BridgeOptions {
     std::string root_path;
     std::string scheme = "http";
     long limit_concurrency = 0;  // 0: no limit
+    bool ws = true;              // WebSocket upgrades (false: served as plain HTTP)
+};
+
+// Per-connection Python values, shared by the connection and the cycles it carried (a cycle
+// may outlive its place on the connection: an app that raises after its response completed
+// still closes the connection, as in Uvicorn). Refcounted; `conn` is cleared on close.
+struct ConnData {
+    core::HttpConnection* conn = nullptr;
+    PyObject* client = nullptr;  // (host, port) or None
+    PyObject* server = nullptr;  // (host, port) or (path, None)
+    int refs = 1;
+    void retain() { ++refs; }
+    void release();
 };
 
 class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks {
@@ -65,10 +79,21 @@ public:
     // ---- core::LoopHooks ----
     void request_run() noexcept override;
 
+    // ---- WebSocket sessions (defined in websocket_cycle.cpp) ----
+    core::WebSocketHandler* on_websocket(core::HttpConnection& conn,
+                                         const core::RequestHead& head) noexcept override;
+    void set_run_asgi_ws(PyObject* run_asgi_ws);  // borrowed; a reference is kept
+    // The session's Task running run_asgi_ws(app, scope, receive, send): new reference or
+    // nullptr with the error reported.
+    PyObject* start_ws_task(PyObject* scope, PyObject* receive, PyObject* send);
+    void on_ws_task_started(WsCycle* c);
+    void on_ws_task_finished(WsCycle* c);
+    void cancel_ws_tasks();
+    PyObject* error_logger() const { return error_log_; }
+
     void set_callbacks(PyObject* run_cb, PyObject* tick_cb);
 
 private:
-    struct ConnData;
     ConnData& conn_data(core::HttpConnection& conn);
     void after_run();
     void schedule_tick();
@@ -99,6 +124,10 @@ private:
     PyObject* stashed_tb_ = nullptr;
     BridgeOptions options_;
     HttpCycle* live_ = nullptr;  // cycles whose task still runs
+    WsCycle* live_ws_ = nullptr;  // WebSocket cycles whose task still runs
+    PyObject* run_asgi_ws_ = nullptr;
+    PyObject* ws_asgi_template_ = nullptr;  // {"version": "3.0", "spec_version": "2.4"}
+    PyObject* ws_scheme_ = nullptr;         // "ws" / "wss"
     std::size_t tasks_ = 0;
     std::uint64_t total_requests_ = 0;
     int backend_fd_ = -1;

@@ -29,10 +29,15 @@ namespace {
 // The C++ half of the cycle: core's RequestHandler plus the ASGI state machine.
 class CycleHandler final : public core::RequestHandler {
 public:
-    CycleHandler(HttpCycle* self, BridgeServer& server, core::HttpConnection& conn, PyObject* scope)
-        : self_(self), server_(server), conn_(&conn), scope_(Py_NewRef(scope)) {}
+    CycleHandler(HttpCycle* self, BridgeServer& server, ConnData& data, PyObject* scope)
+        : self_(self), server_(server), conn_(data.conn), data_(&data), scope_(Py_NewRef(scope)) {
+        data.retain();
+    }
 
-    ~CycleHandler() { clear(); }
+    ~CycleHandler() {
+        clear();
+        data_->release();
+    }
 
     int traverse(visitproc visit, void* arg) {
         Py_VISIT(scope_);
@@ -79,7 +84,12 @@ public:
     PyObject* receive();
     PyObject* send(PyObject* message);
     void abort() {
-        if (conn_ != nullptr) conn_->abort();
+        // After release the connection may carry the next request; Uvicorn closes it anyway.
+        if (conn_ != nullptr) {
+            conn_->abort();
+        } else if (data_->conn != nullptr) {
+            data_->conn->abort();
+        }
     }
     void finish() {
         if (task_running_) {
@@ -124,6 +134,7 @@ private:
     HttpCycle* self_;
     BridgeServer& server_;
     core::HttpConnection* conn_;
+    ConnData* data_;
     PyObject* scope_;
     PyObject* task_ = nullptr;
     PyObject* receive_waiter_ = nullptr;
@@ -475,6 +486,10 @@ PyObject* CycleHandler::send_start(PyObject* message) {
     for (PyObject* k : keep) Py_DECREF(k);
     Py_DECREF(seq);
     if (r == core::WriteResult::kInvalid) {
+        // As Uvicorn: the response counts as started (and is logged) before headers are
+        // checked, so the app's error closes the connection instead of answering 500.
+        response_started_ = true;
+        if (conn_ != nullptr) server_.log_access(scope_, *conn_, static_cast<int>(status));
         return runtime_error(err == core::HeaderError::kBadName ? "Invalid HTTP header name."
                                                                 : "Invalid HTTP header value.",
                              nullptr);
@@ -547,7 +562,7 @@ PyObject* ready_awaitable_new(PyObject* value) {
     return reinterpret_cast<PyObject*>(r);
 }
 
-HttpCycle* http_cycle_new(BridgeServer& server, core::HttpConnection& conn, PyObject* scope,
+HttpCycle* http_cycle_new(BridgeServer& server, ConnData& conn, PyObject* scope,
                           PyObject** receive) {
     auto* c = PyObject_GC_New(HttpCycle, &HttpCycleType);
     if (c == nullptr) return nullptr;

@@ -15,13 +15,14 @@
 namespace cppuvicorn::asgi {
 
 class BridgeServer;
+struct ConnData;
 
 struct HttpCycle;
 
 // Creates the cycle for one request (new reference to the Python object `send`), plus
 // `*receive` (new reference). Core's reference to the handler is taken here and dropped in
 // on_release. Returns nullptr with a Python error set on failure.
-HttpCycle* http_cycle_new(BridgeServer& server, core::HttpConnection& conn, PyObject* scope,
+HttpCycle* http_cycle_new(BridgeServer& server, ConnData& conn, PyObject* scope,
                           PyObject** receive);
 PyObject* http_cycle_as_object(HttpCycle* c);
 core::RequestHandler* http_cycle_handler(HttpCycle* c);

@@ -19,6 +19,12 @@ struct ServerConfig {
     // Preformatted "name: value\r\n" lines sent on every response after date (server + --header).
     std::string default_headers = "server: cppuvicorn\r\n";
     int backlog = 2048;
+    // WebSocket sessions (Uvicorn's --ws-* options).
+    std::uint64_t ws_max_size = 16777216;  // bytes per message (after decompression) → 1009
+    std::size_t ws_max_queue = 32;         // received messages the app has not taken yet
+    double ws_ping_interval = 20.0;        // seconds between keepalive pings; <= 0: none
+    double ws_ping_timeout = 20.0;         // seconds to wait for the pong; <= 0: no timeout
+    bool ws_per_message_deflate = true;    // offer permessage-deflate (RFC 7692)
 };
 
 }  // namespace cppuvicorn::core

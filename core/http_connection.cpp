@@ -10,8 +10,6 @@ namespace {
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr std::string_view kInvalidRequest = "Invalid HTTP request received.";
 
-bool is_close_header(const Header& h) { return h.name == "connection" && h.value == "close"; }
-
 }  // namespace
 
 HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
@@ -31,8 +29,13 @@ HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, Pee
 
 void HttpConnection::on_data(std::string_view data) {
     if (closed_) return;
-    if (parser_paused_) {
-        // A request is outstanding: hold the pipelined bytes until its response is done.
+    if (ws_) {
+        ws_->on_data(data);
+        return;
+    }
+    if (parser_paused_ || !pending_.empty()) {
+        // A request is outstanding, or earlier bytes wait for the scheduled process_pending:
+        // hold these behind them.
         pending_.append(data);
         update_read_state();
         return;
@@ -41,6 +44,10 @@ void HttpConnection::on_data(std::string_view data) {
 }
 
 void HttpConnection::process_pending() {
+    if (ws_) {
+        ws_->process_pending();
+        return;
+    }
     if (closed_ || parser_paused_ || pending_.empty()) return;
     std::string data;
     data.swap(pending_);
@@ -59,6 +66,12 @@ void HttpConnection::process(std::string_view data) {
         if (r.kind == ParseResult::Kind::kNeedMore) break;
         // kPaused: a request was read to its end.
         data.remove_prefix(r.consumed);
+        if (ws_) {
+            // The upgrade request was the last HTTP/1.1 message: the rest is WebSocket frames.
+            in_process_ = false;
+            ws_->on_data(data);
+            return;
+        }
         if (handler_ == nullptr || response_complete_) {
             finish_request();
             if (closed_) break;
@@ -77,14 +90,19 @@ void HttpConnection::process(std::string_view data) {
 }
 
 void HttpConnection::on_head(const RequestHead& head) {
+    if (head.upgrade && is_websocket_upgrade(head)) {
+        ws_ = std::make_unique<WebSocketConnection>(transport_, ctx_);
+        if (WebSocketHandler* h = ctx_.events.on_websocket(*this, head)) {
+            deadline_ms_ = 0;
+            ws_->start(head, *h);
+            return;
+        }
+        ws_.reset();  // WebSockets are off: served as plain HTTP, as Uvicorn does
+    }
     request_.head_method = head.method == "HEAD";
     request_.http10 = head.http_minor == 0;
-    request_.keep_alive = head.keep_alive;
-    request_.close_header = false;
-    for (const auto& h : head.headers) {
-        if (is_close_header(h)) request_.close_header = true;
-    }
-    keep_alive_ = head.keep_alive;
+    // Uvicorn 0.54: HTTP/1.0 never keeps the connection, whatever it asks for.
+    keep_alive_ = head.keep_alive && head.http_minor != 0;
     expect_continue_ = head.expect_continue;
     message_complete_ = false;
     response_started_ = false;
@@ -117,20 +135,33 @@ void HttpConnection::on_closed() {
         if (!response_complete_) h->on_disconnect();
         h->on_release();
     }
+    if (ws_) ws_->on_closed();
     ctx_.events.on_connection_closed(*this);
 }
 
 void HttpConnection::on_deadline() {
+    if (ws_) {
+        ws_->on_deadline();
+        return;
+    }
     deadline_ms_ = 0;
     if (handler_ == nullptr) transport_.close(true);
 }
 
 void HttpConnection::shutdown() {
+    if (ws_) {
+        ws_->shutdown();
+        return;
+    }
     keep_alive_ = false;
     if (handler_ == nullptr) transport_.close(false);
 }
 
 void HttpConnection::on_drained() {
+    if (ws_) {
+        ws_->on_drained();
+        return;
+    }
     if (waiting_writable_ && handler_ != nullptr) {
         waiting_writable_ = false;
         handler_->on_writable();
@@ -153,8 +184,9 @@ void HttpConnection::fail_request(int status, std::string_view detail) {
                               ctx_.config.date_header ? ctx_.date.header_line() : "",
                               ctx_.config.default_headers, body);
     }
+    // response_complete_ is left alone: a handler whose response is unfinished (its body was
+    // malformed) hears on_disconnect before on_release, like any other lost connection.
     keep_alive_ = false;
-    response_started_ = response_complete_ = true;
     transport_.close(false);
     closed_ = true;
 }
@@ -200,17 +232,14 @@ WriteResult HttpConnection::start_response(int status, std::span<const Header> h
     if (closed_) return WriteResult::kClosed;
     if (response_started_) return WriteResult::kAlreadyStarted;
     std::string_view date = ctx_.config.date_header ? ctx_.date.header_line() : "";
+    request_.keep_alive = keep_alive_;  // shutdown() may have cleared it since the head
     header_error_ = write_response_head(transport_.out(), ctx_.status_lines, status, headers,
                                         request_, date, ctx_.config.default_headers, response_);
     if (header_error_ != HeaderError::kNone) return WriteResult::kInvalid;
     response_started_ = true;
     keep_alive_ = keep_alive_ && response_.keep_alive;
-    if (expect_continue_ && !message_complete_) {
-        // The client still waits for "100 Continue" and may never send the body: the
-        // connection cannot be reused (RFC 9110 §10.1.1).
-        expect_continue_ = false;
-        keep_alive_ = false;
-    }
+    // As Uvicorn: no 100 after a final response; a body the client still sends is discarded.
+    expect_continue_ = false;
     if (!in_process_) transport_.schedule_flush();
     return WriteResult::kOk;
 }
@@ -221,7 +250,13 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
     if (response_complete_) return WriteResult::kFinished;
     if (response_.framing == Framing::kContentLength) {
         if (data.size() > response_.remaining) return WriteResult::kTooLong;
-        if (!more && data.size() < response_.remaining) return WriteResult::kTooShort;
+        if (!more && data.size() < response_.remaining) {
+            // As Uvicorn: what was sent goes out, then the app hears about the shortfall.
+            write_body_chunk(transport_.out(), response_, data);
+            response_.remaining -= data.size();
+            transport_.schedule_flush();
+            return WriteResult::kTooShort;
+        }
         response_.remaining -= data.size();
     }
     std::string& out = transport_.out();
@@ -294,7 +329,8 @@ void HttpConnection::abort() {
     if (closed_) return;
     keep_alive_ = false;
     closed_ = true;
-    transport_.close(true);
+    // What the app already sent still goes out (a partial response is the client's signal).
+    transport_.close(false);
 }
 
 }  // namespace cppuvicorn::core

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -16,6 +17,7 @@
 #include "core/request_handler.hpp"
 #include "core/response_writer.hpp"
 #include "core/transport.hpp"
+#include "core/websocket_connection.hpp"
 
 namespace cppuvicorn::core {
 
@@ -41,7 +43,7 @@ public:
     void on_closed();                     // the transport is closed: release the handler
     void process_pending();               // see Transport::schedule_resume
     // Idle/timeout deadline on Transport::now_ms()'s clock, or 0 for none.
-    std::uint64_t deadline_ms() const { return deadline_ms_; }
+    std::uint64_t deadline_ms() const { return ws_ ? ws_->deadline_ms() : deadline_ms_; }
     void on_deadline();                   // the deadline passed
     // Server shutdown: close now if idle, else close after the current response.
     void shutdown();
@@ -63,7 +65,9 @@ public:
 
     bool response_started() const { return response_started_; }
     bool closed() const { return closed_; }
-    bool idle() const { return handler_ == nullptr && !parser_.in_message(); }
+    bool idle() const { return handler_ == nullptr && !parser_.in_message() && ws_ == nullptr; }
+    // The WebSocket session, once the connection upgraded (set before on_websocket is called).
+    WebSocketConnection* websocket() { return ws_.get(); }
     const PeerAddress& peer() const { return peer_; }
     const PeerAddress& local() const { return local_; }
     void* user_data = nullptr;  // owned by the ConnectionEvents implementation
@@ -86,6 +90,7 @@ private:
     PeerAddress peer_;
     PeerAddress local_;
     RequestHandler* handler_ = nullptr;
+    std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
     RequestInfo request_;
     ResponseState response_;
     std::string pending_;             // unparsed bytes waiting behind the current request

@@ -31,6 +31,35 @@ namespace {
 
 const llhttp_settings_t kSettings = ParserSettings::make();
 
+// RFC 9110 §5.6.2 tchar.
+bool is_tchar(unsigned char c) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    switch (c) {
+        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+        case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+            return true;
+        default:
+            return false;
+    }
+}
+
+bool valid_field_name(std::string_view name) {
+    if (name.empty()) return false;
+    for (unsigned char c : name) {
+        if (!is_tchar(c)) return false;
+    }
+    return true;
+}
+
+// Field values may hold VCHAR, obs-text, SP and HTAB only: no CR, LF or NUL (this also
+// rejects obs-fold, RFC 9112 §5.2, which this llhttp would otherwise fold in).
+bool valid_field_value(std::string_view value) {
+    for (unsigned char c : value) {
+        if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+    }
+    return true;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -53,6 +82,7 @@ HttpParser::HttpParser(ParserSink& sink, const ServerConfig& config)
 }
 
 int HttpParser::fail(const char* reason) {
+    user_error_ = reason;
     llhttp_set_error_reason(&parser_, reason);
     return HPE_USER;
 }
@@ -81,6 +111,9 @@ int HttpParser::handle_url(const char* at, std::size_t len) {
 }
 
 int HttpParser::handle_header_field(const char* at, std::size_t len) {
+    // Trailers (after a chunked body) are ignored: appending them could move head_buf_ under
+    // the views the handler still holds.
+    if (head_done_) return 0;
     if (!grow_head(len)) return fail("431:request head too large");
     if (raw_headers_.empty() || in_value_) {
         if (raw_headers_.size() >= config_.max_header_count) return fail("431:too many headers");
@@ -99,8 +132,11 @@ int HttpParser::handle_header_field(const char* at, std::size_t len) {
 }
 
 int HttpParser::handle_header_value(const char* at, std::size_t len) {
+    if (head_done_) return 0;
     if (!grow_head(len)) return fail("431:request head too large");
     auto& h = raw_headers_.back();
+    // llhttp 8.1 accepts obs-fold (RFC 9112 §5.2 lets a server reject it with 400; we do).
+    if (follows_fold(at, len)) return fail("400:obsolete line folding in header value");
     if (!in_value_) {
         in_value_ = true;
         h.value.offset = static_cast<std::uint32_t>(head_buf_.size());
@@ -108,6 +144,22 @@ int HttpParser::handle_header_value(const char* at, std::size_t len) {
     head_buf_.append(at, len);
     h.value.len += static_cast<std::uint32_t>(len);
     return 0;
+}
+
+// True if this piece of a header value comes after LF + SP/HTAB: the continuation line of an
+// obs-fold. The LF may lie in an earlier execute() call's buffer (tail_). An empty value is
+// reported at the start of the next line, after a bare LF: that is not a fold.
+bool HttpParser::follows_fold(const char* at, std::size_t len) const {
+    auto space = [](char c) { return c == ' ' || c == '\t'; };
+    std::size_t spaces = 0;
+    while (spaces < len && space(at[spaces])) ++spaces;
+    const char* p = at;
+    while (p > exec_begin_ && space(p[-1])) {
+        --p;
+        ++spaces;
+    }
+    if (p > exec_begin_) return spaces > 0 && p[-1] == '\n';
+    return (spaces > 0 && tail_ != Tail::kOther) || tail_ == Tail::kLfSpace;
 }
 
 int HttpParser::handle_headers_complete() {
@@ -126,6 +178,8 @@ int HttpParser::handle_headers_complete() {
     head_.headers.clear();
     for (const auto& raw : raw_headers_) {
         Header h{view(raw.name), view(raw.value)};
+        if (!valid_field_name(h.name)) return fail("400:invalid header name");
+        if (!valid_field_value(h.value)) return fail("400:invalid header value");
         // llhttp keeps trailing whitespace of values (RFC 9110 §5.5 says strip it).
         while (!h.value.empty() && (h.value.back() == ' ' || h.value.back() == '\t')) {
             h.value.remove_suffix(1);
@@ -148,15 +202,25 @@ int HttpParser::handle_message_complete() {
     return sink_.on_message_end();
 }
 
+void HttpParser::remember_tail(std::string_view done) {
+    std::size_t n = done.size();
+    while (n > 0 && (done[n - 1] == ' ' || done[n - 1] == '\t')) --n;
+    if (n > 0) {
+        bool lf = done[n - 1] == '\n';
+        tail_ = !lf ? Tail::kOther : n < done.size() ? Tail::kLfSpace : Tail::kLf;
+    } else if (!done.empty()) {
+        tail_ = tail_ == Tail::kOther ? Tail::kOther : Tail::kLfSpace;
+    }
+}
+
 ParseResult HttpParser::execute(std::string_view data) {
     ParseResult r;
+    exec_begin_ = data.data();
     llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
-    if (err == HPE_OK) {
-        r.consumed = data.size();
-        return r;
-    }
-    const char* pos = llhttp_get_error_pos(&parser_);
+    const char* pos = err == HPE_OK ? nullptr : llhttp_get_error_pos(&parser_);
     r.consumed = pos ? static_cast<std::size_t>(pos - data.data()) : data.size();
+    remember_tail(data.substr(0, r.consumed));
+    if (err == HPE_OK) return r;
     if (err == HPE_PAUSED) {
         r.kind = ParseResult::Kind::kPaused;
         return r;
@@ -170,9 +234,11 @@ ParseResult HttpParser::execute(std::string_view data) {
     }
     r.kind = ParseResult::Kind::kError;
     r.status = 400;
-    const char* reason = llhttp_get_error_reason(&parser_);
+    // A fail() from on_headers_complete comes back as HPE_CB_HEADERS_COMPLETE with llhttp's
+    // own reason: take ours.
+    const char* reason = user_error_ != nullptr ? user_error_ : llhttp_get_error_reason(&parser_);
     r.detail = reason ? reason : llhttp_errno_name(err);
-    if (err == HPE_USER && r.detail.size() > 4 && r.detail[3] == ':') {
+    if (user_error_ != nullptr && r.detail.size() > 4 && r.detail[3] == ':') {
         r.status = (r.detail[0] - '0') * 100 + (r.detail[1] - '0') * 10 + (r.detail[2] - '0');
         r.detail.remove_prefix(4);
     }

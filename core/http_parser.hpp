@@ -70,6 +70,8 @@ private:
     int handle_message_complete();
     int fail(const char* reason);  // sets a "STATUS:reason" user error
     bool grow_head(std::size_t len);
+    bool follows_fold(const char* at, std::size_t len) const;
+    void remember_tail(std::string_view done);
 
     struct Span {
         std::uint32_t offset = 0;
@@ -87,6 +89,10 @@ private:
     Span url_;
     std::vector<RawHeader> raw_headers_;
     RequestHead head_;
+    const char* user_error_ = nullptr;  // fail()'s reason: llhttp overwrites it for some callbacks
+    const char* exec_begin_ = nullptr;  // the buffer being executed
+    // How the bytes executed so far end: for spotting an obs-fold across execute() calls.
+    enum class Tail : std::uint8_t { kOther, kLf, kLfSpace } tail_ = Tail::kOther;
     bool in_value_ = false;
     bool in_message_ = false;
     bool head_done_ = false;

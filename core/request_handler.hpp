@@ -51,6 +51,43 @@ protected:
     ~RequestHandler() = default;
 };
 
+// Why a WebSocket session ended, as WebSocketHandler::on_ws_closed reports it.
+enum class WsCloseCause : std::uint8_t {
+    kPeer,       // the client's close frame (code 1005 if it carried none)
+    kProtocol,   // the client broke RFC 6455 or a limit: the close frame we sent
+    kKeepalive,  // no pong within the ping timeout: we sent 1011
+    kShutdown,   // server shutdown: we sent 1012
+    kInvalidText,  // a text message was not UTF-8: we sent 1007
+    kLost,       // the connection went away without a close handshake (1006)
+};
+
+// One WebSocket session's application side (core/websocket_connection.hpp drives it). The same
+// rules as RequestHandler: every method is noexcept, may be called from inside a libuv
+// callback, and must catch everything itself. Order: on_ws_connect or on_ws_rejected first;
+// on_ws_release last and exactly once; nothing is called after it.
+class WebSocketHandler {
+public:
+    // The opening handshake is valid: start the application (it answers with
+    // WebSocketConnection::accept / reject / respond).
+    virtual void on_ws_connect() noexcept = 0;
+    // Core wrote a non-101 answer to the handshake (invalid request, reject/respond, or server
+    // shutdown before the application accepted): for the log.
+    virtual void on_ws_rejected(int status) noexcept = 0;
+    // A complete message: reassembled, decompressed, and valid UTF-8 when `text`. The view is
+    // only valid during the call.
+    virtual void on_ws_message(bool text, std::string_view data) noexcept = 0;
+    // The session is over (at most once, before on_ws_release): code and reason as received
+    // or sent, see WsCloseCause.
+    virtual void on_ws_closed(int code, std::string_view reason, WsCloseCause cause) noexcept = 0;
+    // The write buffer drained after WebSocketConnection::send returned kWait.
+    virtual void on_ws_writable() noexcept = 0;
+    // Core forgets this handler now.
+    virtual void on_ws_release() noexcept = 0;
+
+protected:
+    ~WebSocketHandler() = default;
+};
+
 // Per-server upward interface (one per listening server, not per connection).
 class ConnectionEvents {
 public:
@@ -63,6 +100,15 @@ public:
                                    std::string_view detail) noexcept = 0;
     // The connection is closed; its user data (if any) may be dropped now.
     virtual void on_connection_closed(HttpConnection& conn) noexcept = 0;
+    // A request asks to upgrade to WebSocket (its last Upgrade header is "websocket" and its
+    // last Connection header lists "upgrade", as Uvicorn decides). Return the session's handler
+    // (core then validates the handshake and calls on_ws_connect or on_ws_rejected), or nullptr
+    // to serve the request as plain HTTP (WebSockets disabled). conn.websocket() is set here.
+    virtual WebSocketHandler* on_websocket(HttpConnection& conn, const RequestHead& head) noexcept {
+        (void)conn;
+        (void)head;
+        return nullptr;
+    }
 
 protected:
     ~ConnectionEvents() = default;

@@ -83,6 +83,24 @@ void append_lower(std::string& out, std::string_view s) {
     }
 }
 
+// "close" among the comma-separated tokens of a Connection value (RFC 9110 §7.6.1).
+bool has_close_token(std::string_view v) {
+    while (!v.empty()) {
+        std::size_t comma = v.find(',');
+        std::string_view token = v.substr(0, comma);
+        while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) {
+            token.remove_prefix(1);
+        }
+        while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) {
+            token.remove_suffix(1);
+        }
+        if (iequals(token, "close")) return true;
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
 bool parse_length(std::string_view v, std::uint64_t& out) {
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     return ec == std::errc() && p == v.data() + v.size() && !v.empty();
@@ -134,12 +152,13 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
             has_length = true;
         } else if (iequals(h.name, "transfer-encoding") && iequals(h.value, "chunked")) {
             chunked = true;
-        } else if (iequals(h.name, "connection") && iequals(h.value, "close")) {
+        } else if (iequals(h.name, "connection") && has_close_token(h.value)) {
             close = true;
         }
     }
+    // Uvicorn 0.54: a connection that will not be kept alive says so, once.
     state.keep_alive = req.keep_alive && !close;
-    if (req.close_header && !close) out.append("connection: close\r\n");
+    if (!state.keep_alive && !close) out.append("connection: close\r\n");
 
     const bool no_body = req.head_method || status < 200 || status == 204 || status == 304;
     if (no_body) {

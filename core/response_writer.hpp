@@ -35,8 +35,7 @@ enum class Framing : std::uint8_t {
 struct RequestInfo {
     bool head_method = false;
     bool http10 = false;
-    bool keep_alive = true;      // the request allows keep-alive
-    bool close_header = false;   // the request carried exactly "connection: close"
+    bool keep_alive = true;      // the connection may be reused (request + server state)
 };
 
 struct ResponseState {

@@ -5,6 +5,7 @@
 #include <openssl/sha.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <vector>
@@ -73,6 +74,48 @@ bool valid_utf8(std::string_view s) {
         p += n + 1;
     }
     return true;
+}
+
+std::optional<Utf8Error> utf8_error(std::string_view s) {
+    // CPython's UTF-8 decoder (Objects/stringlib/codecs.h): a byte that cannot start a
+    // sequence is "invalid start byte"; a sequence cut by the end of the input is "unexpected
+    // end of data" as long as every byte present is a valid continuation (with the narrower
+    // second-byte ranges after E0, ED, F0 and F4); anything else is "invalid continuation byte".
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    std::size_t n = s.size();
+    std::size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        int need;
+        unsigned char lo = 0x80;
+        unsigned char hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return Utf8Error{"invalid start byte", i};
+        }
+        for (int k = 1; k <= need; ++k) {
+            if (i + k >= n) return Utf8Error{"unexpected end of data", i};
+            unsigned char b = p[i + k];
+            unsigned char min = k == 1 ? lo : 0x80;
+            unsigned char max = k == 1 ? hi : 0xBF;
+            if (b < min || b > max) return Utf8Error{"invalid continuation byte", i};
+        }
+        i += static_cast<std::size_t>(need) + 1;
+    }
+    return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,6 +219,15 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
 // ---------------------------------------------------------------------------------------------
 // Frames
 
+void WsDecoder::feed(std::string_view data) {
+    if (consumed_ > 0) {
+        // Frames already returned are dead: compact so the buffer holds only what is pending.
+        buf_.erase(0, consumed_);
+        consumed_ = 0;
+    }
+    buf_.append(data);
+}
+
 WsDecoder::Status WsDecoder::next(WsFrame& out) {
     if (consumed_ > 0 && consumed_ == buf_.size()) {
         buf_.clear();
@@ -188,17 +240,12 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
     bool rsv1 = (p[0] & 0x40) != 0;
     int opcode = p[0] & 0x0F;
     bool control = (opcode & 0x08) != 0;
-    if ((p[0] & 0x30) != 0 || (rsv1 && (!allow_rsv1_ || control))) {
-        return fail(ws_close::kProtocolError, "reserved bits must be 0");
-    }
+    // RFC 6455 §5.2; order and wording of websockets' Frame.parse and Frame.check.
     if (opcode > 2 && (opcode < 8 || opcode > 10)) {
         return fail(ws_close::kProtocolError, "invalid opcode");
     }
     if ((p[1] & 0x80) == 0) return fail(ws_close::kProtocolError, "incorrect masking");
     std::uint64_t len = p[1] & 0x7F;
-    if (control && (!fin || len > 125)) {
-        return fail(ws_close::kProtocolError, "invalid control frame");
-    }
     std::size_t header = 2;
     if (len == 126) {
         if (avail < 4) return Status::kNeedMore;
@@ -208,20 +255,38 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
         if (avail < 10) return Status::kNeedMore;
         len = 0;
         for (int i = 2; i < 10; ++i) len = (len << 8) | p[i];
-        if (len >> 63) return fail(ws_close::kProtocolError, "invalid frame length");
         header = 10;
     }
-    if (len > max_frame_size_) return fail(ws_close::kTooBig, "frame exceeds limit");
-    if (avail < header + 4 + len) return Status::kNeedMore;
+    if (len > max_frame_size_) {
+        too_big_length_ = len;
+        return fail(ws_close::kTooBig, "frame exceeds limit");
+    }
+    if ((p[0] & 0x30) != 0 || (rsv1 && (!allow_rsv1_ || control))) {
+        return fail(ws_close::kProtocolError, "reserved bits must be 0");
+    }
+    if (control && len > 125) return fail(ws_close::kProtocolError, "control frame too long");
+    if (control && !fin) return fail(ws_close::kProtocolError, "fragmented control frame");
+    if (avail - header - 4 < len || avail < header + 4) return Status::kNeedMore;
     unsigned char mask[4];
     std::memcpy(mask, p + header, 4);
     unsigned char* payload = p + header + 4;
-    for (std::uint64_t i = 0; i < len; ++i) payload[i] ^= mask[i & 3];
+    // NOTE(perf): unmask 8 bytes at a time; the byte loop handles the tail.
+    std::uint64_t i = 0;
+    std::uint64_t mask8;
+    std::memcpy(&mask8, mask, 4);
+    std::memcpy(reinterpret_cast<unsigned char*>(&mask8) + 4, mask, 4);
+    for (; i + 8 <= len; i += 8) {
+        std::uint64_t w;
+        std::memcpy(&w, payload + i, 8);
+        w ^= mask8;
+        std::memcpy(payload + i, &w, 8);
+    }
+    for (; i < len; ++i) payload[i] ^= mask[i & 3];
     out.fin = fin;
     out.rsv1 = rsv1;
     out.opcode = static_cast<WsOpcode>(opcode);
     out.payload = {reinterpret_cast<char*>(payload), static_cast<std::size_t>(len)};
-    consumed_ += header + 4 + len;
+    consumed_ += header + 4 + static_cast<std::size_t>(len);
     return Status::kFrame;
 }
 
@@ -269,6 +334,7 @@ struct WsDeflate::Streams {
     z_stream inflate{};
     bool deflate_ok = false;
     bool inflate_ok = false;
+    bool inflate_ended = false;  // the client's deflate stream ended inside this message
 };
 
 WsDeflate::WsDeflate(const DeflateParams& params) : z_(new Streams), params_(params) {
@@ -308,27 +374,49 @@ bool WsDeflate::compress(std::string_view message, std::string& out) {
 
 WsDeflate::Inflate WsDeflate::decompress(std::string_view message, std::uint64_t max_size,
                                          std::string& out) {
+    out.clear();
+    return decompress_frame(message, true, max_size, out);
+}
+
+WsDeflate::Inflate WsDeflate::decompress_frame(std::string_view data, bool fin,
+                                               std::uint64_t max_size, std::string& out) {
     if (!z_->inflate_ok) return Inflate::kError;
     static const char kTail[4] = {0x00, 0x00, static_cast<char>(0xff), static_cast<char>(0xff)};
     z_stream& z = z_->inflate;
-    out.clear();
-    for (std::string_view in : {message, std::string_view(kTail, 4)}) {
+    const std::size_t start = out.size();
+    std::string_view tail = fin ? std::string_view(kTail, 4) : std::string_view();
+    for (std::string_view in : {data, tail}) {
+        if (in.empty() || z_->inflate_ended) continue;
         z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
         z.avail_in = static_cast<uInt>(in.size());
         do {
-            std::size_t chunk = in.size() * 4 + 256;
+            // Never ask zlib for more than one byte past the limit: a zip bomb stops here.
+            std::uint64_t room = max_size - std::min<std::uint64_t>(max_size, out.size() - start);
+            std::uint64_t cap = room >= (std::uint64_t{1} << 30) ? (std::uint64_t{1} << 30)
+                                                                   : room + 1;
+            std::size_t chunk =
+                static_cast<std::size_t>(std::min<std::uint64_t>(in.size() * 4 + 256, cap));
             std::size_t at = out.size();
             out.resize(at + chunk);
             z.next_out = reinterpret_cast<Bytef*>(out.data() + at);
             z.avail_out = static_cast<uInt>(chunk);
             int rc = inflate(&z, Z_SYNC_FLUSH);
             out.resize(at + chunk - z.avail_out);
-            if (out.size() > max_size) return Inflate::kTooBig;
+            if (out.size() - start > max_size) return Inflate::kTooBig;
+            if (rc == Z_STREAM_END) {
+                // The client ended the deflate stream (BFINAL). zlib (like Python's
+                // decompressobj) ignores what follows; the next message starts a new stream.
+                z_->inflate_ended = true;
+                break;
+            }
             if (rc == Z_BUF_ERROR && z.avail_out != 0) break;  // no progress possible
-            if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) return Inflate::kError;
+            if (rc != Z_OK && rc != Z_BUF_ERROR) return Inflate::kError;
         } while (z.avail_in != 0 || z.avail_out == 0);
     }
-    if (params_.client_no_context_takeover) inflateReset(&z);
+    if (fin && (params_.client_no_context_takeover || z_->inflate_ended)) {
+        inflateReset(&z);
+        z_->inflate_ended = false;
+    }
     return Inflate::kOk;
 }
 

@@ -42,6 +42,15 @@ bool valid_close_code(int code);
 // True if `s` is valid UTF-8.
 bool valid_utf8(std::string_view s);
 
+// Where and why `s` is not UTF-8, worded as CPython's decoder words it ("invalid start byte",
+// "invalid continuation byte", "unexpected end of data"; the position is the start of the bad
+// sequence), because close reasons carry that text on the wire.
+struct Utf8Error {
+    const char* reason;
+    std::size_t position;
+};
+std::optional<Utf8Error> utf8_error(std::string_view s);
+
 // permessage-deflate parameters agreed with the client.
 struct DeflateParams {
     bool server_no_context_takeover = false;
@@ -58,7 +67,7 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
                                                           int server_max_window_bits = 12,
                                                           int client_max_window_bits = 12);
 
-// One decoded frame. `payload` is unmasked and lives until the next feed().
+// One decoded frame. `payload` is unmasked and lives until the next feed() or next().
 struct WsFrame {
     bool fin = true;
     bool rsv1 = false;
@@ -67,18 +76,29 @@ struct WsFrame {
 };
 
 // Incremental decoder for client frames: feed bytes, take frames while next() returns them.
+// Header checks run in the order of the `websockets` library's Frame.parse/Frame.check, with
+// its close reasons, but as soon as the header is in (not after the payload): opcode, masking,
+// size limit, reserved bits, control frame length, fragmented control frame. RSV1 on a data
+// frame is left to the caller when `allow_rsv1` (permessage-deflate decides what it means).
 class WsDecoder {
 public:
     explicit WsDecoder(std::uint64_t max_frame_size, bool allow_rsv1)
         : max_frame_size_(max_frame_size), allow_rsv1_(allow_rsv1) {}
 
-    void feed(std::string_view data) { buf_.append(data); }
+    void feed(std::string_view data);
+    // Limit for the next frame's payload (the message limit minus what the message holds).
+    void set_max_frame_size(std::uint64_t n) { max_frame_size_ = n; }
+    void set_allow_rsv1(bool allow) { allow_rsv1_ = allow; }
+    // Bytes received but not returned as frames yet.
+    std::size_t buffered() const { return buf_.size() - consumed_; }
 
     enum class Status : std::uint8_t { kFrame, kNeedMore, kError };
     // Decodes the next complete frame. On kError, error_code() says which close code to send.
     Status next(WsFrame& out);
     int error_code() const { return error_code_; }
     const char* error_reason() const { return error_reason_; }
+    // With error_code() 1009: the payload length the frame announced.
+    std::uint64_t too_big_length() const { return too_big_length_; }
 
 private:
     Status fail(int code, const char* reason) {
@@ -90,6 +110,7 @@ private:
     std::string buf_;
     std::size_t consumed_ = 0;  // bytes of buf_ already returned
     std::uint64_t max_frame_size_;
+    std::uint64_t too_big_length_ = 0;
     bool allow_rsv1_;
     int error_code_ = 0;
     const char* error_reason_ = "";
@@ -114,6 +135,12 @@ public:
     // Decompresses a whole message; fails if the result would exceed max_size.
     enum class Inflate : std::uint8_t { kOk, kTooBig, kError };
     Inflate decompress(std::string_view message, std::uint64_t max_size, std::string& out);
+    // Decompresses one frame of a message and appends the result to `out`; `fin` marks the
+    // message's last frame (the removed 00 00 ff ff tail is fed back then, and the context is
+    // reset without client context takeover). kTooBig if this frame would append more than
+    // `max_size` bytes.
+    Inflate decompress_frame(std::string_view data, bool fin, std::uint64_t max_size,
+                             std::string& out);
 
 private:
     struct Streams;
