@@ -1,0 +1,216 @@
+"""Raw ASGI WebSocket applications for the e2e suite (run by cppuvicorn and by uvicorn alike).
+
+Routing is by ``scope["path"]``. What the app observes (disconnect codes, exceptions raised by
+``send``) is printed as ``APP: ...`` lines on stderr, next to the server's own log lines, so tests
+can compare what both servers delivered to the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.parse
+
+
+def _log(line: str) -> None:
+    print(f"APP: {line}", file=sys.stderr, flush=True)
+
+
+def _query(scope) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(scope["query_string"].decode("latin-1")))
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+async def _connect(receive) -> None:
+    message = await receive()
+    assert message == {"type": "websocket.connect"}, message
+
+
+async def _echo_until_disconnect(receive, send) -> dict:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            _log(f"disconnect code={message.get('code')} reason={message.get('reason', '')!r}")
+            return message
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+async def _send_after(receive, send, msg) -> None:
+    try:
+        await send(msg)
+    except Exception as exc:  # noqa: BLE001 - what is raised is the point of the test
+        _log(f"send raised {type(exc).__name__} isinstance(OSError)={isinstance(exc, OSError)} "
+             f"str={str(exc)!r}")
+    else:
+        _log("send returned")
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                scope["state"]["from_lifespan"] = "yes"
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        body = b"plain http " + scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    assert scope["type"] == "websocket", scope["type"]
+    path = scope["path"]
+    q = _query(scope)
+
+    if path == "/echo":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        await _echo_until_disconnect(receive, send)
+
+    elif path == "/scope":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        doc = {k: _jsonable(v) for k, v in scope.items() if k not in ("state",)}
+        doc["state"] = sorted(scope.get("state", {}))
+        await send({"type": "websocket.send", "text": json.dumps(doc, sort_keys=True)})
+        await _echo_until_disconnect(receive, send)
+
+    elif path == "/subprotocol":
+        await _connect(receive)
+        offered = scope["subprotocols"]
+        await send({"type": "websocket.accept", "subprotocol": offered[-1] if offered else None,
+                    "headers": [(b"x-extra", b"yes"), (b"Set-Cookie", b"a=b")]})
+        await send({"type": "websocket.send", "text": json.dumps(offered)})
+        await _echo_until_disconnect(receive, send)
+
+    elif path == "/reject":
+        await _connect(receive)
+        await send({"type": "websocket.close"})
+        msg = await receive()
+        _log(f"after reject receive {msg}")
+
+    elif path == "/reject-no-receive":
+        await send({"type": "websocket.close", "code": 4001})
+
+    elif path == "/raise-before-accept":
+        await _connect(receive)
+        raise RuntimeError("boom before accept")
+
+    elif path == "/raise-after-accept":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        raise RuntimeError("boom after accept")
+
+    elif path == "/return-before-accept":
+        await _connect(receive)
+        return
+
+    elif path == "/return-after-accept":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        return
+
+    elif path == "/return-value":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "hi"})
+        return 42  # noqa: B901 - deliberately wrong
+
+    elif path == "/deny":
+        await _connect(receive)
+        status = int(q.get("status", "401"))
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"x-denied", b"1"), (b"content-type", b"application/json")]})
+        await send({"type": "websocket.http.response.body", "body": b'{"denied":', "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"true}"})
+
+    elif path == "/close":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        msg = {"type": "websocket.close"}
+        if "code" in q:
+            msg["code"] = int(q["code"])
+        if "reason" in q:
+            msg["reason"] = q["reason"]
+        await send(msg)
+        if q.get("then") == "send":
+            await _send_after(receive, send, {"type": "websocket.send", "text": "late"})
+        message = await receive()
+        _log(f"after close receive {message}")
+
+    elif path == "/send-after-disconnect":
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        _log(f"received {message}")
+        await asyncio.sleep(float(q.get("sleep", "0.2")))
+        await _send_after(receive, send, {"type": "websocket.send", "text": "late"})
+
+    elif path == "/bad-message":
+        await _connect(receive)
+        if q.get("when") == "after":
+            await send({"type": "websocket.accept"})
+        await _send_after(receive, send, {"type": "websocket.bogus"})
+        if q.get("when") == "after":
+            await send({"type": "websocket.close"})
+        else:
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close"})
+
+    elif path == "/stream":
+        # Sends `n` messages of `size` bytes as fast as send() lets it, then closes.
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        n, size = int(q.get("n", "100")), int(q.get("size", "65536"))
+        chunk = b"x" * size
+        for _ in range(n):
+            await send({"type": "websocket.send", "bytes": chunk})
+        await send({"type": "websocket.close", "code": 1000, "reason": "done"})
+        _log("stream done")
+
+    elif path == "/slow-reader":
+        # Accepts, then reads nothing for `sleep` seconds, then counts what arrived.
+        await _connect(receive)
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(float(q.get("sleep", "1")))
+        count = 0
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            count += 1
+            if message.get("text") == "end":
+                await send({"type": "websocket.send", "text": f"count={count}"})
+        _log(f"slow reader got {count}")
+
+    elif path == "/wait":
+        # Accepts and waits for the disconnect (shutdown and keepalive tests).
+        await _connect(receive)
+        if q.get("accept", "1") == "1":
+            await send({"type": "websocket.accept"})
+        else:
+            await asyncio.sleep(float(q.get("sleep", "1")))
+            await _send_after(receive, send, {"type": "websocket.accept"})
+            return
+        message = await receive()
+        _log(f"wait got {message}")
+
+    else:
+        await _connect(receive)
+        await send({"type": "websocket.close", "code": 1008})
