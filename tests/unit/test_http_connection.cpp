@@ -1,0 +1,551 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// HttpConnection: the connection state machine driven through a FakeTransport and a
+// RecordingHandler. No sockets and no loop: end_of_turn() stands in for the server's deferred
+// work and the libuv close callback.
+#include "core/http_connection.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "tests/unit/support/fake_transport.hpp"
+#include "tests/unit/support/recording_handler.hpp"
+
+namespace {
+
+using namespace cppuvicorn::core;
+using cppuvicorn::test::FakeTransport;
+using cppuvicorn::test::RecordingHandler;
+using cppuvicorn::test::Response;
+using Events = std::vector<std::string>;
+using Moment = RecordingHandler::Moment;
+
+// One connection with everything it talks to. No date header, so responses are byte-exact.
+struct Rig {
+    ServerConfig config = [] {
+        ServerConfig c;
+        c.date_header = false;
+        return c;
+    }();
+    StatusLines lines;
+    DateCache date;
+    RecordingHandler app;
+    ConnectionContext ctx{config, lines, date, app};
+    FakeTransport wire;
+    HttpConnection conn{wire, ctx, PeerAddress{"127.0.0.1", 40000, false},
+                        PeerAddress{"127.0.0.1", 8000, false}};
+
+    Rig() { wire.attach(conn); }
+};
+
+std::string ok(const std::string& body) {
+    return "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// The same, from a connection that will close after it.
+std::string ok_closing(const std::string& body) {
+    return "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: " +
+           std::to_string(body.size()) + "\r\nconnection: close\r\n\r\n" + body;
+}
+
+std::string simple(const std::string& status_line, const std::string& body) {
+    return status_line + "\r\nserver: cppuvicorn\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                         "content-length: " + std::to_string(body.size()) +
+           "\r\nconnection: close\r\n\r\n" + body;
+}
+
+const std::string kGet1 = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n";
+const std::string kGet2 = "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+const std::string kGet3 = "GET /3 HTTP/1.1\r\nHost: a\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("HttpConnection: a keep-alive GET is answered and the connection stays open",
+          "[http_connection]") {
+    Rig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("hello"));
+
+    rig.wire.deliver("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(rig.app.events == Events{"head GET /x", "body_complete", "release"});
+    REQUIRE(rig.wire.written() == ok("hello"));
+    CHECK(rig.wire.flushes() == 1);  // the whole batch leaves in one flush
+    CHECK_FALSE(rig.wire.closed());
+    CHECK(rig.wire.reading());
+    CHECK(rig.conn.idle());
+
+    rig.wire.deliver("GET /y HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(rig.app.events == Events{"head GET /x", "body_complete", "release", "head GET /y",
+                                     "body_complete", "release"});
+    REQUIRE(rig.wire.written() == ok("hello") + ok("hello"));
+    CHECK_FALSE(rig.wire.closed());
+    REQUIRE(rig.app.heads.size() == 2);
+    CHECK(rig.app.heads[1].headers == std::vector<std::pair<std::string, std::string>>{
+                                          {"host", "a"}});
+}
+
+TEST_CASE("HttpConnection: pipelined requests are answered in order, one at a time",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1 + kGet2 + kGet3);
+    // The second head is not reported while the first response is outstanding.
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete"});
+    REQUIRE(rig.wire.written().empty());
+
+    REQUIRE(rig.app.respond(Response::text("one")) == WriteResult::kOk);
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release"});
+    REQUIRE(rig.wire.resume_scheduled());
+    REQUIRE(rig.conn.deadline_ms() == 0);  // more requests are waiting: not idle
+
+    rig.wire.end_of_turn();  // process_pending: the next request
+    REQUIRE(rig.wire.written() == ok("one"));
+    REQUIRE(rig.app.events ==
+            Events{"head GET /1", "body_complete", "release", "head GET /2", "body_complete"});
+
+    rig.app.respond(Response::text("two"));
+    rig.wire.end_of_turn();
+    rig.app.respond(Response::text("three"));
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events ==
+            Events{"head GET /1", "body_complete", "release", "head GET /2", "body_complete",
+                   "release", "head GET /3", "body_complete", "release"});
+    REQUIRE(rig.wire.written() == ok("one") + ok("two") + ok("three"));
+    CHECK_FALSE(rig.wire.resume_scheduled());
+    CHECK_FALSE(rig.wire.closed());
+}
+
+TEST_CASE("HttpConnection: pipelined requests that arrive later still wait their turn",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    rig.wire.deliver(kGet2.substr(0, 10));
+    rig.wire.deliver(kGet2.substr(10));
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete"});
+
+    rig.app.respond(Response::text("one"));
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events ==
+            Events{"head GET /1", "body_complete", "release", "head GET /2", "body_complete"});
+}
+
+TEST_CASE("HttpConnection: pipelined requests answered synchronously leave in one flush",
+          "[http_connection]") {
+    Rig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("x"));
+    rig.wire.deliver(kGet1 + kGet2 + kGet3);
+    REQUIRE(rig.app.count("release") == 3);
+    REQUIRE(rig.wire.written() == ok("x") + ok("x") + ok("x"));
+    CHECK(rig.wire.flushes() == 1);
+    CHECK_FALSE(rig.wire.resume_scheduled());
+}
+
+TEST_CASE("HttpConnection: a request body is delivered as it arrives", "[http_connection]") {
+    Rig rig;
+    SECTION("content-length") {
+        rig.wire.deliver("POST /u HTTP/1.1\r\nContent-Length: 11\r\n\r\nhel");
+        rig.wire.deliver("lo wo");
+        REQUIRE(rig.app.events == Events{"head POST /u", "body hel", "body lo wo"});
+        rig.wire.deliver("rld");
+        REQUIRE(rig.app.events ==
+                Events{"head POST /u", "body hel", "body lo wo", "body rld", "body_complete"});
+    }
+    SECTION("chunked, de-chunked") {
+        rig.wire.deliver("POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        rig.wire.deliver("6;ext=1\r\n world\r\n0\r\n\r\n");
+        REQUIRE(rig.app.events ==
+                Events{"head POST /u", "body hello", "body  world", "body_complete"});
+    }
+    REQUIRE(rig.app.heads.at(0).has_body);
+}
+
+TEST_CASE("HttpConnection: pause_body and resume_body stop and restart reading",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n12345");
+    rig.conn.pause_body();
+    CHECK_FALSE(rig.wire.reading());
+    rig.conn.resume_body();
+    CHECK(rig.wire.reading());
+}
+
+TEST_CASE("HttpConnection: pipelined bytes over read_high_water pause reading until their turn",
+          "[http_connection]") {
+    Rig rig;
+    rig.config.read_high_water = 40;
+    rig.wire.deliver(kGet1 + kGet2 + kGet3);  // 56 bytes wait behind the first request
+    CHECK_FALSE(rig.wire.reading());
+    rig.app.respond(Response::text("one"));
+    rig.wire.end_of_turn();
+    CHECK(rig.wire.reading());  // 28 bytes left
+}
+
+TEST_CASE("HttpConnection: 100 Continue is written only when the app wants the body",
+          "[http_connection]") {
+    Rig rig;
+    const std::string head =
+        "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+    SECTION("want_body sends it once, and the connection is reused") {
+        rig.wire.deliver(head);
+        REQUIRE(rig.wire.written().empty());
+        rig.conn.want_body();
+        REQUIRE(rig.wire.written() == kContinue);
+        rig.conn.want_body();
+        REQUIRE(rig.wire.written() == kContinue);
+
+        rig.wire.deliver("hello");
+        REQUIRE(rig.app.events == Events{"head POST /", "body hello", "body_complete"});
+        rig.app.respond(Response::text("ok"));
+        rig.wire.end_of_turn();
+        REQUIRE(rig.wire.written() == kContinue + ok("ok"));
+        CHECK_FALSE(rig.wire.closed());
+    }
+    SECTION("answering without reading the body: no 100; a body sent anyway is discarded") {
+        rig.wire.deliver(head);
+        rig.app.respond(Response::text("no"));
+        rig.conn.want_body();  // too late: the final response went first
+        rig.wire.end_of_turn();
+        REQUIRE(rig.wire.written() == ok("no"));
+        REQUIRE(rig.app.events == Events{"head POST /"});
+
+        rig.wire.deliver("hello" + kGet2);
+        REQUIRE(rig.app.events == Events{"head POST /", "release", "head GET /2", "body_complete"});
+        CHECK_FALSE(rig.wire.closed());
+    }
+    SECTION("a client that sent the body anyway gets no 100") {
+        rig.wire.deliver(head + "hello");
+        rig.conn.want_body();
+        REQUIRE(rig.wire.written().empty());
+    }
+}
+
+TEST_CASE("HttpConnection: malformed input gets a 400 and the connection closes",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("GARBAGE\r\n\r\n" + kGet1);
+    REQUIRE(rig.app.events == Events{"error 400"});
+    REQUIRE(rig.wire.written() ==
+            simple("HTTP/1.1 400 Bad Request", "Invalid HTTP request received."));
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    CHECK(rig.conn.closed());
+
+    rig.conn.on_data(kGet2);  // late bytes, already in flight, are ignored
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"error 400", "closed"});
+}
+
+TEST_CASE("HttpConnection: limit errors answer with their status and reason",
+          "[http_connection]") {
+    Rig rig;
+    rig.config.max_header_count = 2;
+    rig.config.max_url_size = 8;
+    auto [input, status_line, status] = GENERATE(table<std::string, std::string, int>({
+        {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+         "HTTP/1.1 431 Request Header Fields Too Large", 431},
+        {"GET /0123456789 HTTP/1.1\r\n\r\n", "HTTP/1.1 414 Request-URI Too Long", 414},
+        {"GET / HTTP/2.0\r\n\r\n", "HTTP/1.1 505 HTTP Version Not Supported", 505},
+    }));
+    rig.wire.deliver(input + kGet1);
+    REQUIRE(rig.app.events == Events{"error " + std::to_string(status)});
+    REQUIRE(rig.wire.written() == simple(status_line, status_line.substr(13)));
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+}
+
+TEST_CASE("HttpConnection: a malformed body tells the waiting handler it is disconnected",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n");
+    REQUIRE(rig.app.events == Events{"head POST /", "body abc", "error 400"});
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    rig.wire.end_of_turn();
+    // The app never got the end of its body: it must hear about it, and be released once.
+    REQUIRE(rig.app.events ==
+            Events{"head POST /", "body abc", "error 400", "disconnect", "release", "closed"});
+}
+
+TEST_CASE("HttpConnection: the idle deadline runs only while no request is active",
+          "[http_connection]") {
+    Rig rig;
+    rig.config.timeout_keep_alive = 5.0;
+    const std::uint64_t t0 = rig.wire.clock_ms;
+    // (The rig's constructor ran with the same default timeout.)
+    REQUIRE(rig.conn.deadline_ms() == t0 + 5000);
+
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.conn.deadline_ms() == 0);
+
+    SECTION("a deadline while a request is active does not close") {
+        rig.conn.on_deadline();
+        CHECK_FALSE(rig.wire.closed());
+    }
+    SECTION("after the response the deadline is set from the clock then") {
+        rig.wire.clock_ms = t0 + 1234;
+        rig.app.respond(Response::text("x"));
+        REQUIRE(rig.conn.deadline_ms() == t0 + 1234 + 5000);
+        rig.conn.on_deadline();
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "closed"});
+    }
+}
+
+TEST_CASE("HttpConnection: a response completed before the body was read discards the rest",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello");
+    REQUIRE(rig.app.respond(Response::text("early")) == WriteResult::kOk);
+    REQUIRE(rig.wire.written().empty());  // flushed at the end of the turn
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.written() == ok("early"));
+    REQUIRE(rig.app.write("late", false) == WriteResult::kFinished);
+    REQUIRE(rig.app.events == Events{"head POST /", "body hello"});  // not released yet
+
+    rig.wire.deliver("world" + kGet2);
+    REQUIRE(rig.app.events ==
+            Events{"head POST /", "body hello", "release", "head GET /2", "body_complete"});
+    CHECK_FALSE(rig.wire.closed());
+}
+
+TEST_CASE("HttpConnection: write_body checks the response's content-length",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.write("x", false) == WriteResult::kNotStarted);
+    REQUIRE(rig.app.start({200, {{"content-length", "5"}}, ""}) == WriteResult::kOk);
+    REQUIRE(rig.app.start({200, {{"content-length", "5"}}, ""}) == WriteResult::kAlreadyStarted);
+    rig.wire.end_of_turn();
+    const std::string head = rig.wire.take_written();
+    REQUIRE(head == "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: 5\r\n\r\n");
+
+    SECTION("a body that fits, in pieces") {
+        CHECK(rig.app.write("abc", true) == WriteResult::kOk);
+        CHECK(rig.app.write("def", false) == WriteResult::kTooLong);  // 2 bytes remain
+        CHECK(rig.wire.buffered() == 3);  // the refused write added nothing
+        CHECK(rig.app.write("de", false) == WriteResult::kOk);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.wire.written() == "abcde");
+        REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release"});
+    }
+    SECTION("too long: refused, nothing written") {
+        CHECK(rig.app.write("too long", true) == WriteResult::kTooLong);
+        CHECK(rig.wire.buffered() == 0);
+    }
+    SECTION("too short: what was given goes out, and the response stays unfinished") {
+        CHECK(rig.app.write("abc", false) == WriteResult::kTooShort);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.wire.written() == "abc");
+        CHECK_FALSE(rig.app.events.back() == "release");
+        rig.conn.abort();  // what the app side does next
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events ==
+                Events{"head GET /1", "body_complete", "disconnect", "release", "closed"});
+    }
+}
+
+TEST_CASE("HttpConnection: an invalid response head is refused and can be retried",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({200, {{"bad name", "v"}}, ""}) == WriteResult::kInvalid);
+    CHECK(rig.conn.last_header_error() == HeaderError::kBadName);
+    REQUIRE(rig.app.start({200, {{"x", "a\r\nb"}}, ""}) == WriteResult::kInvalid);
+    CHECK(rig.conn.last_header_error() == HeaderError::kBadValue);
+    CHECK_FALSE(rig.conn.response_started());
+    CHECK(rig.wire.buffered() == 0);
+
+    REQUIRE(rig.app.respond(Response::text("fine")) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.written() == ok("fine"));
+}
+
+TEST_CASE("HttpConnection: a chunked response is framed and ends keep-alive cleanly",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    rig.app.start({200, {}, ""});
+    rig.app.write("hello", true);
+    rig.app.write("", true);  // an empty write is not the end
+    rig.app.write("!", false);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.written() ==
+            "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ntransfer-encoding: chunked\r\n\r\n"
+            "5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n");
+    CHECK_FALSE(rig.wire.closed());
+}
+
+TEST_CASE("HttpConnection: an HTTP/1.0 response without a length closes the connection",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("GET / HTTP/1.0\r\n\r\n");
+    rig.app.start({200, {}, ""});
+    rig.app.write("body", false);
+    REQUIRE(rig.wire.written() ==
+            "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\nconnection: close\r\n\r\nbody");
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+}
+
+TEST_CASE("HttpConnection: an HTTP/1.0 keep-alive request is still closed after its response",
+          "[http_connection]") {
+    Rig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("once"));
+    rig.wire.deliver("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    REQUIRE(rig.wire.written() == ok_closing("once"));
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+}
+
+TEST_CASE("HttpConnection: a request with connection: close gets it back and is closed after",
+          "[http_connection]") {
+    Rig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("bye"));
+    rig.wire.deliver("GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + kGet2);
+    REQUIRE(rig.wire.written() == ok_closing("bye"));
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"head GET /", "body_complete", "release", "closed"});
+}
+
+TEST_CASE("HttpConnection: a HEAD response carries no body bytes", "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("HEAD / HTTP/1.1\r\n\r\n");
+    REQUIRE(rig.app.respond(Response::text("not sent")) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.written() ==
+            "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: 8\r\n\r\n");
+    CHECK_FALSE(rig.wire.closed());
+}
+
+TEST_CASE("HttpConnection: respond_simple from on_request answers and closes",
+          "[http_connection]") {
+    Rig rig;
+    rig.app.refuse_with(503, "Service Unavailable");
+    rig.wire.deliver(kGet1 + kGet2);
+    REQUIRE(rig.wire.written() ==
+            simple("HTTP/1.1 503 Service Unavailable", "Service Unavailable"));
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"head GET /1", "closed"});  // no second request
+}
+
+TEST_CASE("HttpConnection: end of input during a request disconnects and releases it once",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello");
+    rig.wire.eof();
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    rig.wire.end_of_turn();
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events ==
+            Events{"head POST /", "body hello", "disconnect", "release", "closed"});
+    CHECK(rig.app.start({200, {}, ""}) == WriteResult::kClosed);
+    CHECK(rig.app.write("x", false) == WriteResult::kClosed);
+}
+
+TEST_CASE("HttpConnection: end of input after a complete response only releases",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello");
+    rig.app.respond(Response::text("early"));  // the rest of the body is still to come
+    rig.wire.eof();
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"head POST /", "body hello", "release", "closed"});
+}
+
+TEST_CASE("HttpConnection: end of input while idle just closes", "[http_connection]") {
+    Rig rig;
+    rig.wire.eof();
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"closed"});
+}
+
+TEST_CASE("HttpConnection: abort sends what was written, closes and tells the handler",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    rig.app.start({200, {{"content-length", "10"}}, ""});
+    rig.app.write("part", true);
+    rig.conn.abort();
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    CHECK(rig.wire.written() ==
+          "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: 10\r\n\r\npart");
+    CHECK(rig.app.write("more", false) == WriteResult::kClosed);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events ==
+            Events{"head GET /1", "body_complete", "disconnect", "release", "closed"});
+}
+
+TEST_CASE("HttpConnection: shutdown closes an idle connection now and a busy one after",
+          "[http_connection]") {
+    Rig rig;
+    SECTION("idle") {
+        rig.conn.shutdown();
+        CHECK(rig.wire.closed());
+    }
+    SECTION("busy: the current response completes, the next request is never read") {
+        rig.wire.deliver(kGet1 + kGet2);
+        rig.conn.shutdown();
+        CHECK_FALSE(rig.wire.closed());
+        rig.app.respond(Response::text("last"));
+        REQUIRE(rig.wire.written() == ok_closing("last"));  // the client is told
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "closed"});
+    }
+}
+
+TEST_CASE("HttpConnection: write backpressure says kWait and on_writable follows the drain",
+          "[http_connection]") {
+    Rig rig;
+    rig.config.write_high_water = 128;  // the head and one small chunk stay under it
+    rig.wire.stalled = true;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({200, {}, ""}) == WriteResult::kOk);
+
+    REQUIRE(rig.app.write("small", true) == WriteResult::kOk);
+    CHECK(rig.wire.flush_scheduled());  // under the mark: left for the end of the turn
+
+    REQUIRE(rig.app.write(std::string(200, 'x'), true) == WriteResult::kWait);
+    CHECK(rig.wire.buffered() >= 128);
+    rig.wire.drain();
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "writable"});
+
+    rig.wire.drain();  // no one is waiting: no second on_writable
+    REQUIRE(rig.app.count("writable") == 1);
+
+    rig.wire.stalled = false;
+    REQUIRE(rig.app.write("", false) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    CHECK(rig.wire.written().size() > 200);
+    CHECK(rig.app.events.back() == "release");
+}
+
+TEST_CASE("HttpConnection: bytes that arrive before a scheduled resume queue behind the rest",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver(kGet1 + kGet2);
+    rig.app.respond(Response::text("one"));
+    REQUIRE(rig.wire.resume_scheduled());
+    rig.wire.deliver(kGet3);  // a read in the same turn, before process_pending runs
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release"});
+
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events.back() == "body_complete");
+    REQUIRE(rig.app.heads.back().target == "/2");
+    rig.app.respond(Response::text("two"));
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.heads.back().target == "/3");
+}
+
+TEST_CASE("HttpConnection: an upgrade request answered over HTTP/1.1 is followed by the next",
+          "[http_connection]") {
+    Rig rig;
+    rig.wire.deliver("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" +
+                     kGet2);
+    REQUIRE(rig.app.heads.at(0).upgrade);
+    rig.app.respond(Response::text("no websockets here"));
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"head GET /ws", "body_complete", "release", "head GET /2",
+                                     "body_complete"});
+    REQUIRE(rig.wire.written() == ok("no websockets here"));
+}
