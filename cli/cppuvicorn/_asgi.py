@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from ._exceptions import ClientDisconnected
+
 logger = logging.getLogger("uvicorn.error")
 
 _500_START = {
@@ -49,3 +51,28 @@ async def run_asgi(app, scope, receive, send) -> None:
             send.abort()
     finally:
         send.finish()
+
+
+async def run_asgi_ws(app, scope, receive, send) -> None:
+    """The Task around one WebSocket session (Uvicorn's ``websockets_sansio_impl.run_asgi``).
+
+    An exception before the handshake was answered becomes a 500 response; after the accept,
+    the session is closed with 1011. ``ClientDisconnected`` escaping the app is not an error.
+    ``send.finish`` also closes a session the app left open (1000).
+    """
+    error = False
+    try:
+        result = await app(scope, receive, send)
+    except ClientDisconnected:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - Uvicorn logs and survives everything here
+        logger.error("Exception in ASGI application\n", exc_info=exc)
+        error = True
+    else:
+        if not send.handshake_complete:
+            logger.error("ASGI callable returned without completing handshake.")
+            error = True
+        elif result is not None:
+            logger.error("ASGI callable should return None, but returned '%s'.", result)
+    finally:
+        send.finish(error)

@@ -18,6 +18,12 @@ from support import log_messages
 EXPECTED_EXIT = {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 0}
 
 
+def expected_exit(srv, sig):
+    # cppuvicorn exits 0 after a graceful SIGTERM drain (the foundation issue's contract; what
+    # process managers read as a clean stop) instead of re-raising SIGTERM as uvicorn does.
+    return 0 if srv.kind == "cppuvicorn" else EXPECTED_EXIT[sig]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_graceful_shutdown_with_request_in_flight(servers, sig):
     def run(s):
@@ -44,7 +50,7 @@ def test_graceful_shutdown_with_request_in_flight(servers, sig):
         code = srv.wait_exit(5)
         assert code is not None, "server did not exit after its last request"
         assert time.monotonic() - sent_at < 3
-        assert code == EXPECTED_EXIT[sig]
+        assert code == expected_exit(srv, sig)
         log = log_messages(srv.log_lines(stream="stderr"))
         tail = log[log.index("INFO:     Shutting down"):]
         assert tail == ["INFO:     Shutting down", "INFO:     Waiting for connections to close. (CTRL+C to force quit)",
@@ -52,7 +58,7 @@ def test_graceful_shutdown_with_request_in_flight(servers, sig):
                         "INFO:     Application shutdown complete.", "INFO:     Finished server process [PID]"]
         idle.close()
         busy.close()
-        return code, tail, r.norm()
+        return tail, r.norm()
 
     servers.compare(run)
 
@@ -70,12 +76,12 @@ def test_idle_connections_closed_and_quick_exit(servers, sig):
         for c in conns:
             assert c.is_closed(1.5)
         code = srv.wait_exit(3)
-        assert code == EXPECTED_EXIT[sig]
+        assert code == expected_exit(srv, sig)
         assert time.monotonic() - start < 2
         for c in conns:
             c.close()
         log = log_messages(srv.log_lines(stream="stderr"))
-        return code, log[log.index("INFO:     Shutting down"):]
+        return log[log.index("INFO:     Shutting down"):]
 
     servers.compare(run)
 

@@ -1,0 +1,1 @@
+"""ASGI middlewares applied by Config.load() around the user's application."""
