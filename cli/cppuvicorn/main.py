@@ -270,6 +270,13 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
     help="Maximum number of seconds to wait for graceful shutdown.",
 )
 @option(
+    "--timeout-drain",
+    type=float,
+    default=None,
+    help="cppuvicorn: after SIGTERM, keep serving (and accepting) for this many seconds before "
+    "shutting down, so a load balancer can stop routing here first (Kubernetes endpoint removal).",
+)
+@option(
     "--timeout-worker-healthcheck",
     type=int,
     default=5,
@@ -394,6 +401,7 @@ def run(
     limit_max_requests_jitter: int = 0,
     timeout_keep_alive: int = 5,
     timeout_graceful_shutdown: int | None = None,
+    timeout_drain: float | None = None,
     timeout_worker_healthcheck: int = 5,
     ssl_keyfile: str | os.PathLike[str] | None = None,
     ssl_certfile: str | os.PathLike[str] | None = None,
@@ -455,6 +463,7 @@ def run(
         limit_max_requests_jitter=limit_max_requests_jitter,
         timeout_keep_alive=timeout_keep_alive,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        timeout_drain=timeout_drain,
         timeout_worker_healthcheck=timeout_worker_healthcheck,
         ssl_keyfile=ssl_keyfile,
         ssl_certfile=ssl_certfile,

@@ -98,6 +98,8 @@ class Server:
         self._native_closed = False
         self._fd_socket: socket.socket | None = None
         self._captured_signals: list[int] = []
+        # Under the native supervisor: the heartbeat pipe (written from the event loop itself).
+        self._heartbeat_fd = int(os.environ.get("CPPUVICORN_HEARTBEAT_FD", "-1"))
 
     @functools.cached_property
     def limit_max_requests(self) -> int | None:
@@ -177,6 +179,7 @@ class Server:
         if sockets is None:  # with given sockets (workers), the parent already logged where it listens
             self._log_started_message(bound_port)
         self.started = True
+        self._beat(b"R")  # ready: the supervisor may now retire the worker this one replaces
 
     def _access_log(self) -> Callable[..., None] | None:
         access_logger = logging.getLogger("uvicorn.access")
@@ -190,7 +193,7 @@ class Server:
         if sockets is not None:
             for sock in sockets:
                 sock.listen(config.backlog)
-                native.listen_fd(sock.fileno())
+                native.listen_fd(os.dup(sock.fileno()))  # libuv owns (and closes) its copy
             self.servers = [_Listener(list(sockets))]
             return 0
 
@@ -255,7 +258,19 @@ class Server:
             await asyncio.sleep(0.1)
             should_exit = await self.on_tick(counter)
 
+    def _beat(self, data: bytes) -> None:
+        if self._heartbeat_fd < 0:
+            return
+        try:
+            os.write(self._heartbeat_fd, data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the supervisor is gone
+            self._heartbeat_fd = -1
+
     async def on_tick(self, counter: int) -> bool:
+        if counter % 5 == 0:
+            self._beat(b".")
         # The native core refreshes the date header itself; only the notify callback is left here.
         if counter % 10 == 0 and self.config.callback_notify is not None:
             now = time.time()
@@ -273,6 +288,12 @@ class Server:
         return False
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.config.timeout_drain and not self.force_exit:
+            # Keep serving while the load balancer notices we are going (--timeout-drain).
+            logger.info("Draining: still serving for %gs before shutting down.", self.config.timeout_drain)
+            deadline = time.monotonic() + self.config.timeout_drain
+            while time.monotonic() < deadline and not self.force_exit:
+                await asyncio.sleep(0.1)
         logger.info("Shutting down")
 
         native = self._native
