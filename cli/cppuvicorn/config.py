@@ -62,6 +62,32 @@ def _normalize_dirs(dirs: list[str] | str | None) -> list[str]:
     return [dirs] if isinstance(dirs, str) else list(set(dirs))
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.resolve().is_dir()
+    except OSError:
+        return False
+
+
+def _resolve_reload_patterns(patterns: list[str], directories: list[str]) -> tuple[list[str], list[Path]]:
+    """Uvicorn's ``resolve_reload_patterns``: the patterns, and the watched directories (the given
+    ones plus patterns naming directories, or globs matching some under the current directory),
+    resolved, with those nested in another one dropped."""
+    dirs: list[Path] = [Path(d) for d in directories]
+    cwd = Path.cwd()
+    for pattern in patterns:
+        if pattern == ".*":  # would match every hidden directory
+            continue
+        if _is_dir(Path(pattern)):
+            dirs.append(Path(pattern))
+        else:
+            dirs.extend(match for match in cwd.glob(pattern) if _is_dir(match))
+    resolved = {d.resolve() for d in dirs}
+    resolved = {d for d in resolved if _is_dir(d)}
+    nested = {d for d in resolved if any(other in d.parents for other in resolved)}
+    return list(set(patterns)), list(resolved - nested)
+
+
 def _asyncio_loop_factory(use_subprocess: bool) -> Callable[[], asyncio.AbstractEventLoop]:
     if sys.platform == "win32" and not use_subprocess:
         return asyncio.ProactorEventLoop
@@ -188,16 +214,17 @@ class Config:
         self.loaded = False
         self.configure_logging()
 
-        # Kept for the reload supervisor; watching itself is not implemented yet.
+        # What the reloader (cppuvicorn.reload) watches, resolved as Uvicorn does.
         self.reload_dirs: list[Path] = []
-        self.reload_includes: list[str] = _normalize_dirs(reload_includes)
-        self.reload_excludes: list[str] = _normalize_dirs(reload_excludes)
+        self.reload_dirs_excludes: list[Path] = []
+        self.reload_includes: list[str] = []
+        self.reload_excludes: list[str] = []
         if (reload_dirs or reload_includes or reload_excludes) and not self.should_reload:
             logger.warning(
                 "Current configuration will not reload as not all conditions are met, please refer to documentation."
             )
         if self.should_reload:
-            self.reload_dirs = [Path(d).resolve() for d in _normalize_dirs(reload_dirs)] or [Path.cwd()]
+            self._resolve_reload_paths(reload_dirs, reload_includes, reload_excludes)
 
         if env_file is not None:
             from dotenv import load_dotenv
@@ -216,6 +243,31 @@ class Config:
 
         if self.reload and self.workers > 1:
             logger.warning('"workers" flag is ignored when reloading is enabled.')
+
+    def _resolve_reload_paths(
+        self,
+        reload_dirs: list[str] | str | None,
+        reload_includes: list[str] | str | None,
+        reload_excludes: list[str] | str | None,
+    ) -> None:
+        """Uvicorn's rules: include/exclude patterns naming directories add/remove watched ones."""
+        dirs = _normalize_dirs(reload_dirs)
+        self.reload_includes, self.reload_dirs = _resolve_reload_patterns(_normalize_dirs(reload_includes), dirs)
+        self.reload_excludes, self.reload_dirs_excludes = _resolve_reload_patterns(
+            _normalize_dirs(reload_excludes), []
+        )
+        for excluded in self.reload_dirs_excludes:
+            self.reload_dirs = [d for d in self.reload_dirs if not (excluded == d or excluded in d.parents)]
+        self.reload_includes = [p for p in self.reload_includes if p not in self.reload_excludes]
+        if not self.reload_dirs:
+            if dirs:
+                logger.warning(
+                    "Provided reload directories %s did not contain valid "
+                    + "directories, watching current working directory.",
+                    dirs,
+                )
+            self.reload_dirs = [Path.cwd()]
+        logger.info("Will watch for changes in these directories: %s", sorted(map(str, self.reload_dirs)))
 
     @property
     def asgi_version(self) -> Literal["2.0", "3.0"]:
@@ -275,8 +327,6 @@ class Config:
         problems = []
         if self.is_ssl:
             problems.append("HTTPS (--ssl-keyfile / --ssl-certfile / ssl_context_factory)")
-        if self.interface == "wsgi":
-            problems.append("The WSGI interface (--interface wsgi)")
         if self.http2:
             problems.append("HTTP/2 (--http2)")
         for problem in problems:
@@ -333,7 +383,12 @@ class Config:
 
         if self.interface == "auto":
             self.interface = "asgi3" if _is_asgi3(app) else "asgi2"
-        if self.interface == "asgi2":
+        if self.interface == "wsgi":
+            from cppuvicorn.middleware.wsgi import WSGIMiddleware
+
+            app = WSGIMiddleware(app)
+            self.ws = "none"  # WSGI has no WebSocket: upgrade requests are plain HTTP requests, as in Uvicorn
+        elif self.interface == "asgi2":
             from cppuvicorn.middleware.asgi2 import ASGI2Middleware
 
             app = ASGI2Middleware(app)

@@ -489,12 +489,14 @@ def run(
         config.load_app()
 
     use_workers = config.workers > 1 and not config.should_reload
-    if config.should_reload:
-        logger.warning("Auto-reload (--reload) is not implemented yet in cppuvicorn; serving without it.")
 
     server = Server(config=config)
     try:
-        if use_workers:
+        if config.should_reload:
+            from cppuvicorn.reload import run_reloader
+
+            run_reloader(config)
+        elif use_workers:
             _run_workers(config)
         else:
             server.run()
@@ -504,7 +506,7 @@ def run(
         if config.uds and os.path.exists(config.uds):
             os.remove(config.uds)
 
-    if not server.started and not use_workers:
+    if not server.started and not use_workers and not config.should_reload:
         sys.exit(STARTUP_FAILURE)
 
 
