@@ -9,6 +9,7 @@
 #include "asgi_bridge/bridge_server.hpp"
 #include "asgi_bridge/http_cycle.hpp"
 #include "asgi_bridge/py_names.hpp"
+#include "asgi_bridge/websocket_cycle.hpp"
 
 namespace py = pybind11;
 using cppuvicorn::asgi::BridgeOptions;
@@ -29,7 +30,11 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
                                           std::optional<long> limit_concurrency,
                                           py::object access_log, py::object error_log,
                                           std::size_t max_head_size, std::string scheme,
-                                          int backlog) {
+                                          int backlog, bool ws, std::uint64_t ws_max_size,
+                                          std::size_t ws_max_queue,
+                                          std::optional<double> ws_ping_interval,
+                                          std::optional<double> ws_ping_timeout,
+                                          bool ws_per_message_deflate, py::object run_asgi_ws) {
     BridgeOptions opts;
     opts.root_path = std::move(root_path);
     opts.scheme = std::move(scheme);
@@ -38,6 +43,12 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
     opts.core.date_header = date_header;
     opts.core.max_head_size = max_head_size;
     opts.core.backlog = backlog;
+    opts.ws = ws;
+    opts.core.ws_max_size = ws_max_size;
+    opts.core.ws_max_queue = ws_max_queue;
+    opts.core.ws_ping_interval = ws_ping_interval.value_or(0.0);  // None: no keepalive pings
+    opts.core.ws_ping_timeout = ws_ping_timeout.value_or(0.0);    // None: no pong deadline
+    opts.core.ws_per_message_deflate = ws_per_message_deflate;
     std::string defaults;
     for (py::handle item : default_headers) {
         auto pair = item.cast<py::tuple>();
@@ -56,6 +67,8 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
         server->core().status_lines().set_reason(s.attr("value").cast<int>(),
                                                  s.attr("phrase").cast<std::string>());
     }
+    // None: cppuvicorn._asgi.run_asgi_ws, imported at the first session.
+    if (!run_asgi_ws.is_none()) server->set_run_asgi_ws(run_asgi_ws.ptr());
     BridgeServer* raw = server.get();
     py::cpp_function run_cb([raw]() { raw->run_from_loop(); });
     py::cpp_function tick_cb([raw]() { raw->tick_from_loop(); });
@@ -68,7 +81,8 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
 PYBIND11_MODULE(_core, m) {
     m.doc() = "cppuvicorn's native core: HTTP/1.1 on libuv + llhttp, driven from asyncio.";
     if (!cppuvicorn::asgi::py_names::init() ||
-        !cppuvicorn::asgi::register_cycle_types(m.ptr())) {
+        !cppuvicorn::asgi::register_cycle_types(m.ptr()) ||
+        !cppuvicorn::asgi::register_ws_types(m.ptr())) {
         throw py::error_already_set();
     }
     m.def("version", []() { return std::string("0.1.0"); });
@@ -80,7 +94,10 @@ PYBIND11_MODULE(_core, m) {
              py::arg("timeout_keep_alive") = 5.0, py::arg("limit_concurrency") = py::none(),
              py::arg("access_log") = py::none(), py::arg("error_log"),
              py::arg("max_head_size") = 65536, py::arg("scheme") = "http",
-             py::arg("backlog") = 2048)
+             py::arg("backlog") = 2048, py::arg("ws") = true,
+             py::arg("ws_max_size") = 16777216, py::arg("ws_max_queue") = 32,
+             py::arg("ws_ping_interval") = 20.0, py::arg("ws_ping_timeout") = 20.0,
+             py::arg("ws_per_message_deflate") = true, py::arg("run_asgi_ws") = py::none())
         .def("listen_tcp",
              [](BridgeServer& s, const std::string& host, int port, int backlog) {
                  cppuvicorn::core::PeerAddress bound;

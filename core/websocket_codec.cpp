@@ -355,16 +355,22 @@ bool WsDeflate::compress(std::string_view message, std::string& out) {
     z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(message.data()));
     z.avail_in = static_cast<uInt>(message.size());
     std::size_t start = out.size();
-    do {
-        std::size_t chunk = message.size() / 2 + 64;
-        std::size_t at = out.size();
-        out.resize(at + chunk);
-        z.next_out = reinterpret_cast<Bytef*>(out.data() + at);
-        z.avail_out = static_cast<uInt>(chunk);
-        int rc = deflate(&z, Z_SYNC_FLUSH);
-        out.resize(at + chunk - z.avail_out);
-        if (rc != Z_OK && rc != Z_BUF_ERROR) return false;
-    } while (z.avail_out == 0 || z.avail_in != 0);
+    // Python's compressobj.compress() then .flush(Z_SYNC_FLUSH), as websockets calls them: the
+    // Z_NO_FLUSH call matters even for an empty message, or zlib skips the sync flush as a
+    // duplicate and the message ends up with no bytes, which inflaters reject (00 00 ff ff
+    // cannot start a block).
+    for (int flush : {Z_NO_FLUSH, Z_SYNC_FLUSH}) {
+        do {
+            std::size_t chunk = message.size() / 2 + 64;
+            std::size_t at = out.size();
+            out.resize(at + chunk);
+            z.next_out = reinterpret_cast<Bytef*>(out.data() + at);
+            z.avail_out = static_cast<uInt>(chunk);
+            int rc = deflate(&z, flush);
+            out.resize(at + chunk - z.avail_out);
+            if (rc != Z_OK && rc != Z_BUF_ERROR) return false;
+        } while (z.avail_out == 0 || z.avail_in != 0);
+    }
     if (out.size() - start >= 4 && out.compare(out.size() - 4, 4, "\x00\x00\xff\xff", 4) == 0) {
         out.resize(out.size() - 4);
     }

@@ -355,7 +355,9 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
         for (char c : h.name) out.push_back(lower(c));
         out.append(": ").append(h.value).append("\r\n");
     }
-    if (!subprotocol.empty()) out.append("Sec-WebSocket-Protocol: ").append(subprotocol).append("\r\n");
+    if (!subprotocol.empty()) {
+        out.append("Sec-WebSocket-Protocol: ").append(subprotocol).append("\r\n");
+    }
     out.append("\r\n");
     state_ = State::kOpen;
     std::uint64_t interval = seconds_to_ms(ctx_.config.ws_ping_interval);
@@ -486,7 +488,8 @@ void WebSocketConnection::handle_frame(const WsFrame& frame) {
 void WebSocketConnection::handle_data_frame(const WsFrame& frame) {
     if (frame.opcode != WsOpcode::kContinuation) {
         if (in_message_) {
-            fail(ws_close::kProtocolError, "expected a continuation frame", WsCloseCause::kProtocol);
+            fail(ws_close::kProtocolError, "expected a continuation frame",
+                 WsCloseCause::kProtocol);
             return;
         }
         bool text = frame.opcode == WsOpcode::kText;
@@ -508,7 +511,8 @@ void WebSocketConnection::handle_data_frame(const WsFrame& frame) {
             return;
         }
         if (!in_message_) {
-            fail(ws_close::kProtocolError, "unexpected continuation frame", WsCloseCause::kProtocol);
+            fail(ws_close::kProtocolError, "unexpected continuation frame",
+                 WsCloseCause::kProtocol);
             return;
         }
     }
@@ -562,10 +566,12 @@ void WebSocketConnection::handle_close_frame(std::string_view payload) {
         return;
     }
     if (payload.size() >= 2) {
-        code = (static_cast<unsigned char>(payload[0]) << 8) | static_cast<unsigned char>(payload[1]);
+        code =
+            (static_cast<unsigned char>(payload[0]) << 8) | static_cast<unsigned char>(payload[1]);
         reason = payload.substr(2);
         if (auto bad = utf8_error(reason)) {
-            fail(ws_close::kInvalidData, fmt::format("{} at position {}", bad->reason, bad->position),
+            fail(ws_close::kInvalidData,
+                 fmt::format("{} at position {}", bad->reason, bad->position),
                  WsCloseCause::kProtocol);
             return;
         }
@@ -593,9 +599,10 @@ void WebSocketConnection::handle_close_frame(std::string_view payload) {
 void WebSocketConnection::handle_pong(std::string_view payload) {
     // Unsolicited pongs and stale ones (another payload) are ignored (RFC 6455 §5.5.3).
     if (!ping_pending_ || payload.size() != 4) return;
-    unsigned char expected[4] = {
-        static_cast<unsigned char>(ping_payload_ >> 24), static_cast<unsigned char>(ping_payload_ >> 16),
-        static_cast<unsigned char>(ping_payload_ >> 8), static_cast<unsigned char>(ping_payload_)};
+    unsigned char expected[4] = {static_cast<unsigned char>(ping_payload_ >> 24),
+                                 static_cast<unsigned char>(ping_payload_ >> 16),
+                                 static_cast<unsigned char>(ping_payload_ >> 8),
+                                 static_cast<unsigned char>(ping_payload_)};
     if (std::memcmp(payload.data(), expected, 4) != 0) return;
     std::uint64_t now = transport_.now_ms();
     last_rtt_ms_ = now - ping_sent_ms_;
@@ -746,7 +753,8 @@ void WebSocketConnection::send_ping() {
     rng_state_ ^= rng_state_ >> 17;
     rng_state_ ^= rng_state_ << 5;
     ping_payload_ = rng_state_;
-    char payload[4] = {static_cast<char>(ping_payload_ >> 24), static_cast<char>(ping_payload_ >> 16),
+    char payload[4] = {static_cast<char>(ping_payload_ >> 24),
+                       static_cast<char>(ping_payload_ >> 16),
                        static_cast<char>(ping_payload_ >> 8), static_cast<char>(ping_payload_)};
     ws_encode_frame(transport_.out(), WsOpcode::kPing, std::string_view(payload, 4));
     after_write();
@@ -758,7 +766,8 @@ void WebSocketConnection::send_ping() {
         pong_due_ms_ = now + timeout;
     } else {
         std::uint64_t interval = seconds_to_ms(ctx_.config.ws_ping_interval);
-        ping_due_ms_ = now + std::max<std::uint64_t>(1, interval > last_rtt_ms_ ? interval - last_rtt_ms_ : 0);
+        ping_due_ms_ =
+            now + std::max<std::uint64_t>(1, interval > last_rtt_ms_ ? interval - last_rtt_ms_ : 0);
     }
 }
 

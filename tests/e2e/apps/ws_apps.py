@@ -76,6 +76,9 @@ async def app(scope, receive, send) -> None:
         return
     assert scope["type"] == "websocket", scope["type"]
     path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
     q = _query(scope)
 
     if path == "/echo":
@@ -214,3 +217,58 @@ async def app(scope, receive, send) -> None:
     else:
         await _connect(receive)
         await send({"type": "websocket.close", "code": 1008})
+
+
+# ---------------------------------------------------------------- frameworks
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.endpoints import WebSocketEndpoint  # noqa: E402
+from starlette.routing import WebSocketRoute  # noqa: E402
+
+fastapi_app = FastAPI()
+
+
+@fastapi_app.websocket("/chat/{room}")
+async def fastapi_chat(websocket: WebSocket, room: str, token: str = "none"):
+    await websocket.accept(subprotocol="chat" if "chat" in websocket.scope["subprotocols"] else None)
+    await websocket.send_json({"room": room, "token": token})
+    try:
+        while True:
+            data = await websocket.receive_text()
+            if data == "close":
+                await websocket.close(code=4000, reason="asked")
+                return
+            await websocket.send_text(f"{room}: {data}")
+    except WebSocketDisconnect as exc:
+        _log(f"fastapi disconnect code={exc.code}")
+
+
+@fastapi_app.websocket("/deny")
+async def fastapi_deny(websocket: WebSocket):
+    await websocket.close(code=1008)
+
+
+@fastapi_app.websocket("/boom")
+async def fastapi_boom(websocket: WebSocket):
+    await websocket.accept()
+    raise ValueError("fastapi boom")
+
+
+class Echo(WebSocketEndpoint):
+    encoding = "bytes"
+
+    async def on_receive(self, websocket, data):
+        await websocket.send_bytes(data[::-1])
+
+    async def on_disconnect(self, websocket, close_code):
+        _log(f"starlette disconnect code={close_code}")
+
+
+async def starlette_json(websocket):
+    await websocket.accept()
+    async for message in websocket.iter_json():
+        await websocket.send_json({"got": message})
+
+
+starlette_app = Starlette(routes=[WebSocketRoute("/echo", Echo), WebSocketRoute("/json", starlette_json)])
