@@ -176,6 +176,7 @@ int HttpParser::handle_headers_complete() {
                      ((parser_.flags & F_CONTENT_LENGTH) != 0 && parser_.content_length > 0);
     head_.expect_continue = false;
     head_.headers.clear();
+    bool transfer_encoding = (parser_.flags & F_TRANSFER_ENCODING) != 0;
     for (const auto& raw : raw_headers_) {
         Header h{view(raw.name), view(raw.value)};
         if (!valid_field_name(h.name)) return fail("400:invalid header name");
@@ -185,9 +186,17 @@ int HttpParser::handle_headers_complete() {
             h.value.remove_suffix(1);
         }
         if (h.name == "expect" && iequals(h.value, "100-continue")) head_.expect_continue = true;
+        if (h.name == "transfer-encoding") transfer_encoding = true;  // llhttp skips empty ones
         head_.headers.push_back(h);
     }
     if (head_.http_major != 1) return fail("505:HTTP version not supported");
+    // RFC 9112 §6.3: a request whose Transfer-Encoding does not end in chunked has no knowable
+    // length: 400 and close. llhttp finds this only after on_headers_complete, so the app would
+    // already have the head; and not at all for an upgrade (or CONNECT) request, whose body it
+    // would hand back as the next request.
+    if (transfer_encoding && (parser_.flags & F_CHUNKED) == 0) {
+        return fail("400:Request has invalid `Transfer-Encoding`");
+    }
     sink_.on_head(head_);
     return 0;
 }
@@ -214,7 +223,14 @@ void HttpParser::remember_tail(std::string_view done) {
 }
 
 ParseResult HttpParser::execute(std::string_view data) {
+    // llhttp answers a parser in error (or still paused) with the old error and the old error
+    // position, which points into an earlier buffer: never compute `consumed` from that.
+    if (failure_.kind == ParseResult::Kind::kError) return failure_;
     ParseResult r;
+    if (llhttp_get_errno(&parser_) == HPE_PAUSED) {
+        r.kind = ParseResult::Kind::kPaused;
+        return r;
+    }
     exec_begin_ = data.data();
     llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
     const char* pos = err == HPE_OK ? nullptr : llhttp_get_error_pos(&parser_);
@@ -242,6 +258,8 @@ ParseResult HttpParser::execute(std::string_view data) {
         r.status = (r.detail[0] - '0') * 100 + (r.detail[1] - '0') * 10 + (r.detail[2] - '0');
         r.detail.remove_prefix(4);
     }
+    failure_ = r;
+    failure_.consumed = 0;
     return r;
 }
 

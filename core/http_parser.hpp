@@ -45,7 +45,9 @@ public:
     HttpParser& operator=(const HttpParser&) = delete;
 
     // Feed bytes. Stops at the end of the input, after a message whose on_message_end
-    // asked to pause, or at the first error (after which the parser is unusable).
+    // asked to pause, or at the first error. Errors are sticky: every later call returns the
+    // same error, consumes nothing and calls nothing. While paused (before resume()), a call
+    // returns kPaused and consumes nothing.
     ParseResult execute(std::string_view data);
 
     // Continue after kPaused: the next execute() starts a new message.
@@ -89,6 +91,7 @@ private:
     Span url_;
     std::vector<RawHeader> raw_headers_;
     RequestHead head_;
+    ParseResult failure_;  // the first error, returned again by every later execute()
     const char* user_error_ = nullptr;  // fail()'s reason: llhttp overwrites it for some callbacks
     const char* exec_begin_ = nullptr;  // the buffer being executed
     // How the bytes executed so far end: for spotting an obs-fold across execute() calls.

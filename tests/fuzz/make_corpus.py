@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
+"""Writes the seed corpus of the fuzz targets into tests/fuzz/corpus/<target>/seed-*.
+
+Each target's input starts with a few control bytes (see the comment at the top of its .cpp);
+this script is the readable form of those seeds. Regression inputs (fixed crashes) are added
+to the corpus directories by hand as crash-* / regress-* files and are not touched here.
+Run from anywhere: python3 tests/fuzz/make_corpus.py
+"""
+import struct
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def write(target: str, name: str, data: bytes) -> None:
+    d = HERE / "corpus" / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"seed-{name}").write_bytes(data)
+
+
+# ---- fuzz_http_parser: flags, split offset (u16 le), stream --------------------------------
+PAUSE, BYTEWISE, SMALL, TINY = 0x04, 0x08, 0x01, 0x02
+
+
+def parser(name: str, flags: int, offset: int, stream: bytes) -> None:
+    write("fuzz_http_parser", name, bytes([flags]) + struct.pack("<H", offset) + stream)
+
+
+parser("get", PAUSE, 10, b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: x\r\n\r\n")
+parser("pipelined", PAUSE, 40,
+       b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+       b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+       b"HEAD /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+parser("chunked", PAUSE | BYTEWISE, 0,
+       b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+       b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+       b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+parser("obs-fold", 0, 33, b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: one\r\n two\r\n\r\n")
+parser("smuggle-cl-te", PAUSE, 50,
+       b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+       b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+parser("upgrade-te-gzip", PAUSE, 70,
+       b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+       b"Transfer-Encoding: gzip\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+parser("limits", SMALL | PAUSE, 20,
+       b"GET /" + b"a" * 80 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+parser("http10-upgrade", PAUSE, 25,
+       b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+       b"GET /10 HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n\r\n")
+
+
+# ---- fuzz_http_connection: app flags, op count, ops, stream ----------------------------------
+ON_HEAD, ON_BODY, DEFERRED, ALTERNATE = 0, 1, 2, 3
+REFUSE, PAUSE_BODY, WANT_BODY, SMALL_LIMITS = 0x10, 0x20, 0x40, 0x80
+DELIVER, TURN, DRAIN, STALL, APP, DEADLINE, MISC, PAUSE_OP = range(8)
+
+
+def op(kind: int, param: int = 0) -> int:
+    return (param << 3) | kind
+
+
+def conn(name: str, flags: int, ops: list, stream: bytes) -> None:
+    write("fuzz_http_connection", name, bytes([flags, len(ops)]) + bytes(ops) + stream)
+
+
+GET = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
+conn("pipelined", ON_BODY, [op(DELIVER, 0), op(DELIVER, 8), op(TURN), op(DELIVER, 24), op(TURN)],
+     (GET % 1) + (GET % 2) + (GET % 3))
+conn("chunked-deferred", DEFERRED | (1 << 2),
+     [op(DELIVER, 18), op(APP, 0), op(TURN), op(DRAIN), op(DELIVER, 20), op(APP, 0), op(TURN)],
+     b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3\r\nabc\r\n0\r\n\r\n" + (GET % 2))
+conn("expect-continue", ON_BODY | WANT_BODY | PAUSE_BODY,
+     [op(DELIVER, 22), op(TURN), op(APP, 1), op(DELIVER, 31), op(TURN)],
+     b"POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nxyz")
+conn("close-then-more", ALTERNATE, [op(DELIVER, 31), op(TURN)],
+     (GET % 1) + b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" + (GET % 3))
+conn("bad-after-good", ON_HEAD, [op(DELIVER, 31), op(TURN)],
+     (GET % 1) + b"GET /2 HTTP/1.1\r\nHost : a\r\n\r\n")
+conn("stalled-big", ON_HEAD | (3 << 2),
+     [op(STALL), op(DELIVER, 31), op(TURN), op(DRAIN), op(TURN), op(STALL), op(DRAIN)],
+     (GET % 1) + (GET % 2))
+conn("upgrade-te-gzip", ON_BODY, [op(DELIVER, 31), op(TURN)],
+     b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+     b"Transfer-Encoding: gzip\r\n\r\n" + (GET % 2))
+conn("refuse", REFUSE, [op(DELIVER, 31), op(TURN)], (GET % 1) + (GET % 2))
+conn("small-limits-timeout", SMALL_LIMITS | DEFERRED,
+     [op(DEADLINE, 31), op(DELIVER, 5), op(DEADLINE, 6), op(DELIVER, 31), op(PAUSE_OP),
+      op(APP, 0), op(MISC, 3), op(TURN)],
+     b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"b" * 100 + (GET % 2))
+
+
+# ---- fuzz_websocket_codec: mode, then per mode ------------------------------------------------
+def ws(name: str, data: bytes) -> None:
+    write("fuzz_websocket_codec", name, data)
+
+
+def masked(first: int, payload: bytes, key: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes([first, 0x80 | n])
+    elif n < 65536:
+        head = bytes([first, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([first, 0x80 | 127]) + struct.pack(">Q", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+# decoder: mode 0, flags (allow rsv1, limit), split seed, frames
+ws("decoder-frames", b"\x00\x05\x11" + masked(0x81, b"Hello") + masked(0x01, b"frag")
+   + masked(0x89, b"ping") + masked(0x80, b"ment") + masked(0x82, b"B" * 300)
+   + masked(0x88, b"\x03\xe8bye"))
+ws("decoder-rsv1", b"\x00\x01\x42" + masked(0xC1, bytes.fromhex("f248cdc9c90700")))
+ws("decoder-too-big", b"\x00\x00\x07" + bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40))
+# deflate: mode 1, params, cap, split seed, data ("Hello" as compressed by RFC 7692 §7.2.3.1)
+ws("deflate-hello", b"\x01\x07\x03\x05" + bytes.fromhex("f248cdc9c90700"))
+ws("deflate-bfinal", b"\x01\x0f\x02\x09" + bytes.fromhex("f348cdc9c90700") + b"trailing")
+# negotiate: mode 2, bits, header value
+ws("negotiate", b"\x02\x3c" + b"permessage-deflate; client_max_window_bits")
+ws("negotiate-many", b"\x02\x24"
+   + b"x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=\"10\"; "
+     b"client_no_context_takeover; server_no_context_takeover, permessage-deflate")

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// HttpParser hardening found while fuzzing (tests/fuzz): llhttp answers a parser in error with
+// the old error position, which points into the previous buffer, so execute() must not turn
+// that into a `consumed` count; and a Transfer-Encoding that does not end in chunked is refused
+// before anyone sees the head, also on upgrade and CONNECT requests, where llhttp would
+// otherwise parse the body as the next request.
+#include "core/config.hpp"
+#include "core/http_parser.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <string_view>
+
+namespace {
+
+using cppuvicorn::core::HttpParser;
+using cppuvicorn::core::ParserSink;
+using cppuvicorn::core::ParseResult;
+using cppuvicorn::core::RequestHead;
+using cppuvicorn::core::ServerConfig;
+
+class CountingSink final : public ParserSink {
+public:
+    int heads = 0;
+    int bodies = 0;
+    int ends = 0;
+    std::string targets;
+    void on_head(const RequestHead& head) override {
+        ++heads;
+        targets.append(head.target).append(" ");
+    }
+    void on_body(std::string_view) override { ++bodies; }
+    int on_message_end() override {
+        ++ends;
+        return kPause;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("HttpParser: an error is sticky, consumes nothing and calls nothing afterwards",
+          "[http_parser]") {
+    ServerConfig config;
+    CountingSink sink;
+    HttpParser parser(sink, config);
+    // The obs-fold is refused in the second buffer; llhttp's error position is in it.
+    std::string first = "GET / HTTP/1.1\r\nHost: a\r\nX: one\r\n";
+    std::string second = " two\r\n\r\n";
+    REQUIRE(parser.execute(first).kind == ParseResult::Kind::kNeedMore);
+    ParseResult r = parser.execute(second);
+    REQUIRE(r.kind == ParseResult::Kind::kError);
+    CHECK(r.status == 400);
+    CHECK(r.consumed <= second.size());
+    const std::string detail(r.detail);
+
+    std::string later = "GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (std::string_view again : {std::string_view(later), std::string_view(first),
+                                   std::string_view()}) {
+        ParseResult r2 = parser.execute(again);
+        CHECK(r2.kind == ParseResult::Kind::kError);
+        CHECK(r2.status == 400);
+        CHECK(r2.detail == detail);
+        CHECK(r2.consumed == 0);
+    }
+    CHECK(sink.heads == 0);
+    CHECK(sink.ends == 0);
+}
+
+TEST_CASE("HttpParser: a limit error keeps its status on later calls", "[http_parser]") {
+    ServerConfig config;
+    config.max_url_size = 8;
+    CountingSink sink;
+    HttpParser parser(sink, config);
+    ParseResult r = parser.execute("GET /0123456789 HTTP/1.1\r\n\r\n");
+    REQUIRE(r.kind == ParseResult::Kind::kError);
+    CHECK(r.status == 414);
+    ParseResult r2 = parser.execute("GET / HTTP/1.1\r\n\r\n");
+    CHECK(r2.kind == ParseResult::Kind::kError);
+    CHECK(r2.status == 414);
+    CHECK(r2.consumed == 0);
+}
+
+TEST_CASE("HttpParser: execute() before resume() stays paused and consumes nothing",
+          "[http_parser]") {
+    ServerConfig config;
+    CountingSink sink;
+    HttpParser parser(sink, config);
+    std::string two = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+    ParseResult r = parser.execute(two);
+    REQUIRE(r.kind == ParseResult::Kind::kPaused);
+    REQUIRE(r.consumed == two.size() / 2);
+    std::string_view rest = std::string_view(two).substr(r.consumed);
+
+    ParseResult still = parser.execute(rest);
+    CHECK(still.kind == ParseResult::Kind::kPaused);
+    CHECK(still.consumed == 0);
+    CHECK(sink.heads == 1);
+
+    parser.resume();
+    ParseResult next = parser.execute(rest);
+    CHECK(next.kind == ParseResult::Kind::kPaused);
+    CHECK(next.consumed == rest.size());
+    CHECK(sink.heads == 2);
+    CHECK(sink.ends == 2);
+}
+
+TEST_CASE("HttpParser: a Transfer-Encoding not ending in chunked is a 400 before the head",
+          "[http_parser]") {
+    const std::string next = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    const char* heads[] = {
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n",
+        "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        // llhttp alone ends these messages at the head and parses /smuggled as the next one.
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+        "Transfer-Encoding: gzip\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        "Transfer-Encoding: identity\r\n\r\n",
+        "CONNECT a:443 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: \r\n\r\n",
+    };
+    for (const char* head : heads) {
+        CAPTURE(head);
+        ServerConfig config;
+        CountingSink sink;
+        HttpParser parser(sink, config);
+        std::string input = std::string(head) + next;
+        ParseResult r = parser.execute(input);
+        while (r.kind == ParseResult::Kind::kPaused) {
+            parser.resume();
+            input.erase(0, r.consumed);
+            r = parser.execute(input);
+        }
+        CHECK(r.kind == ParseResult::Kind::kError);
+        CHECK(r.status == 400);
+        CHECK(sink.heads == 0);
+    }
+}
+
+TEST_CASE("HttpParser: chunked as the final transfer coding is accepted", "[http_parser]") {
+    const char* heads[] = {
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    };
+    for (const char* head : heads) {
+        CAPTURE(head);
+        ServerConfig config;
+        CountingSink sink;
+        HttpParser parser(sink, config);
+        std::string input = std::string(head) + "3\r\nabc\r\n0\r\n\r\n";
+        ParseResult r = parser.execute(input);
+        CHECK(r.kind == ParseResult::Kind::kPaused);
+        CHECK(r.consumed == input.size());
+        CHECK(sink.heads == 1);
+        CHECK(sink.ends == 1);
+    }
+}
