@@ -49,7 +49,10 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
     create_task_ = PyObject_GetAttrString(loop, "create_task");
 #endif
     asgi_template_ = PyDict_New();
-    PyDict_SetItem(asgi_template_, n::version, n::v3_0);
+    PyObject* version = PyUnicode_FromStringAndSize(
+        options_.asgi_version.data(), static_cast<Py_ssize_t>(options_.asgi_version.size()));
+    PyDict_SetItem(asgi_template_, n::version, version);
+    Py_XDECREF(version);
     PyObject* spec = PyUnicode_FromString("2.3");
     PyDict_SetItem(asgi_template_, n::spec_version, spec);
     Py_XDECREF(spec);
@@ -60,6 +63,7 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
 }
 
 BridgeServer::~BridgeServer() {
+    *alive_ = false;
     if (!closed_) close();
     uv_loop_close(&uv_loop_);
     for (PyObject* o : {loop_, app_, run_asgi_, state_, access_log_, error_log_,
@@ -111,8 +115,10 @@ void BridgeServer::run_from_loop() {
 void BridgeServer::tick_from_loop() {
     Py_CLEAR(tick_handle_);
     if (closed_) return;
-    server_.sweep();
+    // Read what arrived first: a connection whose bytes wait unread (the loop was blocked by
+    // a handler) is not idle and must not be closed by its deadline.
     server_.run_once();
+    server_.sweep();
     schedule_tick();
     after_run();
 }

@@ -23,6 +23,7 @@ struct BridgeOptions {
     core::ServerConfig core;
     std::string root_path;
     std::string scheme = "http";
+    std::string asgi_version = "3.0";  // "2.0" for ASGI 2 apps (wrapped), as Uvicorn reports
     long limit_concurrency = 0;  // 0: no limit
     bool ws = true;              // WebSocket upgrades (false: served as plain HTTP)
 };
@@ -92,6 +93,8 @@ public:
     PyObject* error_logger() const { return error_log_; }
 
     void set_callbacks(PyObject* run_cb, PyObject* tick_cb);
+    // False once this server is destroyed; held by the loop callbacks.
+    std::shared_ptr<bool> alive_token() const { return alive_; }
 
 private:
     ConnData& conn_data(core::HttpConnection& conn);
@@ -123,6 +126,7 @@ private:
     PyObject* stashed_value_ = nullptr;
     PyObject* stashed_tb_ = nullptr;
     BridgeOptions options_;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     HttpCycle* live_ = nullptr;  // cycles whose task still runs
     WsCycle* live_ws_ = nullptr;  // WebSocket cycles whose task still runs
     PyObject* run_asgi_ws_ = nullptr;

@@ -34,10 +34,12 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
                                           std::size_t ws_max_queue,
                                           std::optional<double> ws_ping_interval,
                                           std::optional<double> ws_ping_timeout,
-                                          bool ws_per_message_deflate, py::object run_asgi_ws) {
+                                          bool ws_per_message_deflate, py::object run_asgi_ws,
+                                          std::string asgi_version) {
     BridgeOptions opts;
     opts.root_path = std::move(root_path);
     opts.scheme = std::move(scheme);
+    opts.asgi_version = std::move(asgi_version);
     opts.limit_concurrency = limit_concurrency.value_or(0);
     opts.core.timeout_keep_alive = timeout_keep_alive;
     opts.core.date_header = date_header;
@@ -69,9 +71,15 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
     }
     // None: cppuvicorn._asgi.run_asgi_ws, imported at the first session.
     if (!run_asgi_ws.is_none()) server->set_run_asgi_ws(run_asgi_ws.ptr());
+    // A callback still queued in asyncio when the server is freed must not touch it.
     BridgeServer* raw = server.get();
-    py::cpp_function run_cb([raw]() { raw->run_from_loop(); });
-    py::cpp_function tick_cb([raw]() { raw->tick_from_loop(); });
+    std::shared_ptr<bool> alive = raw->alive_token();
+    py::cpp_function run_cb([raw, alive]() {
+        if (*alive) raw->run_from_loop();
+    });
+    py::cpp_function tick_cb([raw, alive]() {
+        if (*alive) raw->tick_from_loop();
+    });
     raw->set_callbacks(run_cb.ptr(), tick_cb.ptr());
     return server;
 }
@@ -97,7 +105,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("backlog") = 2048, py::arg("ws") = true,
              py::arg("ws_max_size") = 16777216, py::arg("ws_max_queue") = 32,
              py::arg("ws_ping_interval") = 20.0, py::arg("ws_ping_timeout") = 20.0,
-             py::arg("ws_per_message_deflate") = true, py::arg("run_asgi_ws") = py::none())
+             py::arg("ws_per_message_deflate") = true, py::arg("run_asgi_ws") = py::none(),
+             py::arg("asgi_version") = "3.0")
         .def("listen_tcp",
              [](BridgeServer& s, const std::string& host, int port, int backlog) {
                  cppuvicorn::core::PeerAddress bound;

@@ -1016,7 +1016,8 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
         ws_asgi_template_ = PyDict_New();
         PyObject* spec = PyUnicode_FromString("2.4");
         if (ws_asgi_template_ == nullptr || spec == nullptr ||
-            PyDict_SetItem(ws_asgi_template_, n::version, n::v3_0) != 0 ||
+            PyDict_SetItem(ws_asgi_template_, n::version,
+                           PyDict_GetItem(asgi_template_, n::version)) != 0 ||
             PyDict_SetItem(ws_asgi_template_, n::spec_version, spec) != 0) {
             Py_CLEAR(ws_asgi_template_);
         }

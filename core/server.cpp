@@ -52,7 +52,10 @@ int Server::listen_tcp(const std::string& host, int port, int backlog, PeerAddre
     uv_tcp_init_ex(loop_, &l->handle.tcp, addr.ss_family);
     l->handle.tcp.data = l;
     // SO_REUSEADDR is set by libuv itself on bind.
-    rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<sockaddr*>(&addr), 0);
+    // IPv6 listeners are IPv6-only, as asyncio's (and so Uvicorn's) are: "::" and "0.0.0.0"
+    // can then be bound side by side.
+    unsigned flags = addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<sockaddr*>(&addr), flags);
     if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
     if (rc != 0) {
         uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
