@@ -16,7 +16,7 @@ from cppuvicorn.supervisor import CONFIG_ENV
 
 
 def main() -> None:
-    config = pickle.loads(base64.b64decode(os.environ.pop(CONFIG_ENV)))
+    config, sys.path[:] = pickle.loads(base64.b64decode(os.environ.pop(CONFIG_ENV)))
     # The supervisor sends SIGUSR1 when our event loop stopped answering: print every thread's
     # stack (faulthandler writes from the signal handler, even while the loop is blocked).
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
@@ -24,7 +24,12 @@ def main() -> None:
     fd = int(os.environ["CPPUVICORN_LISTEN_FD"])
     sock = socket.socket(fileno=fd)
     server = Server(config=config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # Ctrl+C in a terminal reaches the whole process group: after its graceful shutdown the
+        # worker re-raises SIGINT (as Uvicorn's Server does); a clean stop, no traceback.
+        pass
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

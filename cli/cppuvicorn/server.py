@@ -166,6 +166,7 @@ class Server:
             ws_ping_timeout=config.ws_ping_timeout,
             ws_per_message_deflate=config.ws_per_message_deflate,
             run_asgi_ws=run_asgi_ws,
+            asgi_version=config.asgi_version,
         )
         try:
             bound_port = self._listen(sockets)
@@ -303,6 +304,9 @@ class Server:
         if self._fd_socket is not None:
             self._fd_socket.close()
 
+        # Connections accepted just before we stopped listening may not have had their request
+        # read yet: let the loop read it first, or they would be closed as idle, unanswered.
+        await asyncio.sleep(0.05)
         native.shutdown()  # idle connections close now, busy ones after their response
         await asyncio.sleep(0.1)
 

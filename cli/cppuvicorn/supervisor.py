@@ -52,7 +52,9 @@ def run_workers(config: Config) -> None:
         sys.exit(1)
     argv = supervisor_argv(config)
     config.timeout_drain = None  # the supervisor drains; its workers stop when told
-    os.environ[CONFIG_ENV] = base64.b64encode(pickle.dumps(config)).decode("ascii")
+    # The workers get this process's sys.path too (--app-dir, as multiprocessing's spawn gives
+    # Uvicorn's children their parent's sys.path).
+    os.environ[CONFIG_ENV] = base64.b64encode(pickle.dumps((config, sys.path))).decode("ascii")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)

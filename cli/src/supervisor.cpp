@@ -304,6 +304,21 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
         maybe_finish();
         return;
     }
+    if (w == restart_new_) {
+        // The replacement brought up by a rolling restart died before it was ready (say, a
+        // broken deploy: exit code 3). Like Uvicorn, keep the worker it was to replace and
+        // abort the restart; it was an extra worker, so it is not respawned either (the pool
+        // would grow by one, and the restart would wait for it forever).
+        restart_new_ = nullptr;
+        std::string keep = restart_queue_.empty()
+                               ? std::string()
+                               : "keeping worker [" + std::to_string(restart_queue_.front()->pid) + "] and ";
+        log_line("ERROR", "New child process [" + std::to_string(w->pid) + "] " +
+                              (status == 3 ? "failed to start" : "died") + "; " + keep +
+                              "aborting the restart.");
+        restart_queue_.clear();
+        return;
+    }
     if (status == 3) {
         log_line("ERROR", "Child process [" + std::to_string(w->pid) +
                               "] failed to start, stopping the parent process.");
@@ -315,7 +330,6 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
                                        : " (exit code " + std::to_string(status) + ")";
     log_line(status == 0 && term_signal == 0 ? "INFO" : "WARNING",
              "Child process [" + std::to_string(w->pid) + "] died" + how);
-    if (w == restart_new_) restart_new_ = nullptr;
     spawn();
 }
 
