@@ -1,15 +1,14 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "asgi_bridge/bridge_server.hpp"
 
-#include <cstring>
-#include <string>
+#include "asgi_bridge/py_names.hpp"
 
 #include <pybind11/pybind11.h>
 
+#include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
-
-#include "asgi_bridge/py_names.hpp"
 
 namespace cppuvicorn::asgi {
 
@@ -66,11 +65,29 @@ BridgeServer::~BridgeServer() {
     *alive_ = false;
     if (!closed_) close();
     uv_loop_close(&uv_loop_);
-    for (PyObject* o : {loop_, app_, run_asgi_, state_, access_log_, error_log_,
-                        loop_create_future_, loop_call_soon_, loop_call_later_, task_type_,
-                        create_task_, asgi_template_, scheme_, root_path_, run_cb_, tick_cb_,
-                        tick_handle_, stashed_type_, stashed_value_, stashed_tb_,
-                        run_asgi_ws_, ws_asgi_template_, ws_scheme_}) {
+    for (PyObject* o : {loop_,
+                        app_,
+                        run_asgi_,
+                        state_,
+                        access_log_,
+                        error_log_,
+                        loop_create_future_,
+                        loop_call_soon_,
+                        loop_call_later_,
+                        task_type_,
+                        create_task_,
+                        asgi_template_,
+                        scheme_,
+                        root_path_,
+                        run_cb_,
+                        tick_cb_,
+                        tick_handle_,
+                        stashed_type_,
+                        stashed_value_,
+                        stashed_tb_,
+                        run_asgi_ws_,
+                        ws_asgi_template_,
+                        ws_scheme_}) {
         Py_XDECREF(o);
     }
 }
@@ -164,7 +181,8 @@ void BridgeServer::close() {
     server_.close_all();
     closed_ = true;
     // Let libuv run the close callbacks (bounded: each pass finishes what is closing).
-    for (int i = 0; i < 16 && uv_loop_alive(&uv_loop_); ++i) uv_run(&uv_loop_, UV_RUN_NOWAIT);
+    for (int i = 0; i < 16 && uv_loop_alive(&uv_loop_); ++i)
+        uv_run(&uv_loop_, UV_RUN_NOWAIT);
     if (stashed_type_ != nullptr) {
         Py_CLEAR(stashed_type_);
         Py_CLEAR(stashed_value_);
@@ -225,8 +243,8 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
         }
     }
     ConnData& cd = conn_data(conn);
-    ScopeInputs in{asgi_template_, cd.client, cd.server, scheme_, root_path_,
-                   options_.root_path, state_};
+    ScopeInputs in{asgi_template_, cd.client,          cd.server, scheme_,
+                   root_path_,     options_.root_path, state_};
     PyObject* scope = build_http_scope(head, in);
     if (scope == nullptr) {
         report_python_error("building the ASGI scope");
@@ -308,8 +326,10 @@ void BridgeServer::on_task_finished(HttpCycle* c) {
 
 void BridgeServer::cancel_tasks() {
     std::vector<HttpCycle*> all;
-    for (HttpCycle* c = live_; c != nullptr; c = http_cycle_links(c).next) all.push_back(c);
-    for (HttpCycle* c : all) http_cycle_cancel(c);
+    for (HttpCycle* c = live_; c != nullptr; c = http_cycle_links(c).next)
+        all.push_back(c);
+    for (HttpCycle* c : all)
+        http_cycle_cancel(c);
     cancel_ws_tasks();
 }
 
@@ -336,8 +356,8 @@ void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status
     }
     std::string addr;
     if (client != nullptr && PyTuple_Check(client) && PyTuple_GET_SIZE(client) == 2) {
-        PyObject* s = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0),
-                                           PyTuple_GET_ITEM(client, 1));
+        PyObject* s =
+            PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0), PyTuple_GET_ITEM(client, 1));
         if (s != nullptr) {
             Py_ssize_t len = 0;
             const char* u = PyUnicode_AsUTF8AndSize(s, &len);
@@ -357,8 +377,8 @@ void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status
         path_qs.append(PyBytes_AS_STRING(query), static_cast<std::size_t>(PyBytes_GET_SIZE(query)));
     }
     PyObject* a0 = PyUnicode_FromStringAndSize(addr.data(), static_cast<Py_ssize_t>(addr.size()));
-    PyObject* a2 = PyUnicode_DecodeLatin1(path_qs.data(), static_cast<Py_ssize_t>(path_qs.size()),
-                                          nullptr);
+    PyObject* a2 =
+        PyUnicode_DecodeLatin1(path_qs.data(), static_cast<Py_ssize_t>(path_qs.size()), nullptr);
     PyObject* a4 = PyLong_FromLong(status);
     if (a0 && a2 && a4) {
         PyObject* args[] = {a0, method, a2, version, a4};

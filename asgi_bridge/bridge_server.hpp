@@ -6,16 +6,16 @@
 // idle deadlines. The GIL is held throughout; nothing here blocks.
 #pragma once
 
+#include "asgi_bridge/http_cycle.hpp"
+#include "asgi_bridge/scope.hpp"
+#include "asgi_bridge/websocket_cycle.hpp"
+#include "core/server.hpp"
+
 #include <Python.h>
 #include <uv.h>
 
 #include <memory>
 #include <string>
-
-#include "asgi_bridge/http_cycle.hpp"
-#include "asgi_bridge/scope.hpp"
-#include "asgi_bridge/websocket_cycle.hpp"
-#include "core/server.hpp"
 
 namespace cppuvicorn::asgi {
 
@@ -24,8 +24,8 @@ struct BridgeOptions {
     std::string root_path;
     std::string scheme = "http";
     std::string asgi_version = "3.0";  // "2.0" for ASGI 2 apps (wrapped), as Uvicorn reports
-    long limit_concurrency = 0;  // 0: no limit
-    bool ws = true;              // WebSocket upgrades (false: served as plain HTTP)
+    long limit_concurrency = 0;        // 0: no limit
+    bool ws = true;                    // WebSocket upgrades (false: served as plain HTTP)
 };
 
 // Per-connection Python values, shared by the connection and the cycles it carried (a cycle
@@ -41,7 +41,7 @@ struct ConnData {
 };
 
 class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks {
-public:
+  public:
     // All Python arguments are borrowed and kept alive (new references taken).
     BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, PyObject* state,
                  PyObject* access_log, PyObject* error_log, BridgeOptions options);
@@ -96,7 +96,7 @@ public:
     // False once this server is destroyed; held by the loop callbacks.
     std::shared_ptr<bool> alive_token() const { return alive_; }
 
-private:
+  private:
     ConnData& conn_data(core::HttpConnection& conn);
     void after_run();
     void schedule_tick();
@@ -114,8 +114,8 @@ private:
     PyObject* loop_create_future_ = nullptr;
     PyObject* loop_call_soon_ = nullptr;
     PyObject* loop_call_later_ = nullptr;
-    PyObject* task_type_ = nullptr;   // asyncio.Task, for eager_start on 3.12+
-    PyObject* create_task_ = nullptr; // loop.create_task, before 3.12
+    PyObject* task_type_ = nullptr;    // asyncio.Task, for eager_start on 3.12+
+    PyObject* create_task_ = nullptr;  // loop.create_task, before 3.12
     PyObject* asgi_template_ = nullptr;
     PyObject* scheme_ = nullptr;
     PyObject* root_path_ = nullptr;
@@ -127,7 +127,7 @@ private:
     PyObject* stashed_tb_ = nullptr;
     BridgeOptions options_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-    HttpCycle* live_ = nullptr;  // cycles whose task still runs
+    HttpCycle* live_ = nullptr;   // cycles whose task still runs
     WsCycle* live_ws_ = nullptr;  // WebSocket cycles whose task still runs
     PyObject* run_asgi_ws_ = nullptr;
     PyObject* ws_asgi_template_ = nullptr;  // {"version": "3.0", "spec_version": "2.4"}

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "asgi_bridge/http_cycle.hpp"
 
-#include <new>
-#include <vector>
-
 #include "asgi_bridge/bridge_server.hpp"
 #include "asgi_bridge/py_names.hpp"
+
+#include <new>
+#include <vector>
 
 namespace cppuvicorn::asgi {
 
@@ -18,8 +18,7 @@ class CycleHandler;
 }  // namespace
 
 struct HttpCycle {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
+    PyObject_HEAD vectorcallfunc vectorcall;
     CycleHandler* handler;  // placement-constructed in `storage`
     alignas(std::max_align_t) unsigned char storage[1];
 };
@@ -28,7 +27,7 @@ namespace {
 
 // The C++ half of the cycle: core's RequestHandler plus the ASGI state machine.
 class CycleHandler final : public core::RequestHandler {
-public:
+  public:
     CycleHandler(HttpCycle* self, BridgeServer& server, ConnData& data, PyObject* scope)
         : self_(self), server_(server), conn_(data.conn), data_(&data), scope_(Py_NewRef(scope)) {
         data.retain();
@@ -124,7 +123,7 @@ public:
 
     CycleLinks links;
 
-private:
+  private:
     PyObject* next_message();  // new reference
     void wake_receiver();
     void wake_sender();
@@ -152,8 +151,7 @@ private:
 // ReadyAwaitable
 
 struct ReadyAwaitable {
-    PyObject_HEAD
-    PyObject* value;
+    PyObject_HEAD PyObject* value;
 };
 
 PyTypeObject ReadyAwaitableType = {PyVarObject_HEAD_INIT(nullptr, 0)};
@@ -164,7 +162,9 @@ void ready_dealloc(PyObject* self) {
     Py_TYPE(self)->tp_free(self);
 }
 
-PyObject* ready_await(PyObject* self) { return Py_NewRef(self); }
+PyObject* ready_await(PyObject* self) {
+    return Py_NewRef(self);
+}
 
 PyObject* ready_next(PyObject* self) {
     PyObject* v = reinterpret_cast<ReadyAwaitable*>(self)->value;
@@ -193,12 +193,13 @@ PyTypeObject HttpCycleType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 PyTypeObject HttpReceiveType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 struct HttpReceive {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
+    PyObject_HEAD vectorcallfunc vectorcall;
     HttpCycle* cycle;
 };
 
-CycleHandler& H(PyObject* self) { return *reinterpret_cast<HttpCycle*>(self)->handler; }
+CycleHandler& H(PyObject* self) {
+    return *reinterpret_cast<HttpCycle*>(self)->handler;
+}
 
 PyObject* cycle_vectorcall(PyObject* self, PyObject* const* args, size_t nargsf,
                            PyObject* kwnames) {
@@ -333,10 +334,9 @@ PyObject* CycleHandler::next_message() {
     if (!over && (!body_.empty() || (body_complete_ && !final_body_delivered_))) {
         PyObject* msg = PyDict_New();
         if (msg == nullptr) return nullptr;
-        PyObject* body = body_.empty()
-                             ? Py_NewRef(n::empty_bytes)
-                             : PyBytes_FromStringAndSize(body_.data(),
-                                                         static_cast<Py_ssize_t>(body_.size()));
+        PyObject* body = body_.empty() ? Py_NewRef(n::empty_bytes)
+                                       : PyBytes_FromStringAndSize(
+                                             body_.data(), static_cast<Py_ssize_t>(body_.size()));
         bool ok = body != nullptr && PyDict_SetItem(msg, n::type, n::http_request) == 0 &&
                   PyDict_SetItem(msg, n::body, body) == 0 &&
                   PyDict_SetItem(msg, n::more_body, body_complete_ ? Py_False : Py_True) == 0;
@@ -426,8 +426,7 @@ PyObject* CycleHandler::send(PyObject* message) {
             runtime_error("Expected ASGI message 'http.response.body', but got '%S'.", type);
         }
     } else {
-        runtime_error("Unexpected ASGI message '%S' sent, after response already completed.",
-                      type);
+        runtime_error("Unexpected ASGI message '%S' sent, after response already completed.", type);
     }
     Py_DECREF(type);
     return result;
@@ -460,7 +459,8 @@ PyObject* CycleHandler::send_start(PyObject* message) {
         PyObject* pair = PySequence_Fast(items[i], "ASGI header must be a (name, value) pair");
         if (pair == nullptr || PySequence_Fast_GET_SIZE(pair) != 2) {
             Py_XDECREF(pair);
-            for (PyObject* k : keep) Py_DECREF(k);
+            for (PyObject* k : keep)
+                Py_DECREF(k);
             Py_DECREF(seq);
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_TypeError, "ASGI header must be a (name, value) pair");
@@ -471,19 +471,21 @@ PyObject* CycleHandler::send_start(PyObject* message) {
         PyObject* name = PySequence_Fast_GET_ITEM(pair, 0);
         PyObject* value = PySequence_Fast_GET_ITEM(pair, 1);
         if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
-            for (PyObject* k : keep) Py_DECREF(k);
+            for (PyObject* k : keep)
+                Py_DECREF(k);
             Py_DECREF(seq);
             PyErr_SetString(PyExc_TypeError, "ASGI header names and values must be bytes");
             return nullptr;
         }
-        list.push_back({{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
-                        {PyBytes_AS_STRING(value),
-                         static_cast<std::size_t>(PyBytes_GET_SIZE(value))}});
+        list.push_back(
+            {{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
+             {PyBytes_AS_STRING(value), static_cast<std::size_t>(PyBytes_GET_SIZE(value))}});
     }
-    core::WriteResult r = conn_ ? conn_->start_response(static_cast<int>(status), list)
-                                : core::WriteResult::kClosed;
+    core::WriteResult r =
+        conn_ ? conn_->start_response(static_cast<int>(status), list) : core::WriteResult::kClosed;
     core::HeaderError err = conn_ ? conn_->last_header_error() : core::HeaderError::kNone;
-    for (PyObject* k : keep) Py_DECREF(k);
+    for (PyObject* k : keep)
+        Py_DECREF(k);
     Py_DECREF(seq);
     if (r == core::WriteResult::kInvalid) {
         // As Uvicorn: the response counts as started (and is logged) before headers are
@@ -582,12 +584,24 @@ HttpCycle* http_cycle_new(BridgeServer& server, ConnData& conn, PyObject* scope,
     return c;
 }
 
-PyObject* http_cycle_as_object(HttpCycle* c) { return reinterpret_cast<PyObject*>(c); }
-core::RequestHandler* http_cycle_handler(HttpCycle* c) { return c->handler; }
-void http_cycle_begin_task(HttpCycle* c) { c->handler->begin_task(); }
-void http_cycle_attach_task(HttpCycle* c, PyObject* task) { c->handler->attach_task(task); }
-void http_cycle_cancel(HttpCycle* c) { c->handler->cancel_task(); }
-CycleLinks& http_cycle_links(HttpCycle* c) { return c->handler->links; }
+PyObject* http_cycle_as_object(HttpCycle* c) {
+    return reinterpret_cast<PyObject*>(c);
+}
+core::RequestHandler* http_cycle_handler(HttpCycle* c) {
+    return c->handler;
+}
+void http_cycle_begin_task(HttpCycle* c) {
+    c->handler->begin_task();
+}
+void http_cycle_attach_task(HttpCycle* c, PyObject* task) {
+    c->handler->attach_task(task);
+}
+void http_cycle_cancel(HttpCycle* c) {
+    c->handler->cancel_task();
+}
+CycleLinks& http_cycle_links(HttpCycle* c) {
+    return c->handler->links;
+}
 
 bool register_cycle_types(PyObject* module) {
     ReadyAwaitableType.tp_name = "cppuvicorn._core.ReadyAwaitable";

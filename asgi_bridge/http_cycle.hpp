@@ -5,12 +5,12 @@
 // hand out an asyncio Future only when they must wait. GIL required everywhere.
 #pragma once
 
+#include "core/http_connection.hpp"
+#include "core/request_handler.hpp"
+
 #include <Python.h>
 
 #include <string>
-
-#include "core/http_connection.hpp"
-#include "core/request_handler.hpp"
 
 namespace cppuvicorn::asgi {
 

@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // cppuvicorn._core: the extension module. Registration only; each type lives in its own file.
+#include "asgi_bridge/bridge_server.hpp"
+#include "asgi_bridge/http_cycle.hpp"
+#include "asgi_bridge/py_names.hpp"
+#include "asgi_bridge/websocket_cycle.hpp"
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstring>
 #include <memory>
-
-#include "asgi_bridge/bridge_server.hpp"
-#include "asgi_bridge/http_cycle.hpp"
-#include "asgi_bridge/py_names.hpp"
-#include "asgi_bridge/websocket_cycle.hpp"
 
 namespace py = pybind11;
 using cppuvicorn::asgi::BridgeOptions;
@@ -23,19 +23,14 @@ namespace {
     throw py::error_already_set();
 }
 
-std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::object run_asgi,
-                                          py::object state, std::string root_path,
-                                          py::list default_headers, bool date_header,
-                                          double timeout_keep_alive,
-                                          std::optional<long> limit_concurrency,
-                                          py::object access_log, py::object error_log,
-                                          std::size_t max_head_size, std::string scheme,
-                                          int backlog, bool ws, std::uint64_t ws_max_size,
-                                          std::size_t ws_max_queue,
-                                          std::optional<double> ws_ping_interval,
-                                          std::optional<double> ws_ping_timeout,
-                                          bool ws_per_message_deflate, py::object run_asgi_ws,
-                                          std::string asgi_version) {
+std::unique_ptr<BridgeServer> make_server(
+    py::object loop, py::object app, py::object run_asgi, py::object state, std::string root_path,
+    py::list default_headers, bool date_header, double timeout_keep_alive,
+    std::optional<long> limit_concurrency, py::object access_log, py::object error_log,
+    std::size_t max_head_size, std::string scheme, int backlog, bool ws, std::uint64_t ws_max_size,
+    std::size_t ws_max_queue, std::optional<double> ws_ping_interval,
+    std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
+    std::string asgi_version) {
     BridgeOptions opts;
     opts.root_path = std::move(root_path);
     opts.scheme = std::move(scheme);
@@ -56,13 +51,14 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
         auto pair = item.cast<py::tuple>();
         auto name = pair[0].cast<std::string>();
         auto value = pair[1].cast<std::string>();
-        for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        for (char& c : name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         defaults += name + ": " + value + "\r\n";
     }
     opts.core.default_headers = std::move(defaults);
-    auto server = std::make_unique<BridgeServer>(loop.ptr(), app.ptr(), run_asgi.ptr(),
-                                                 state.ptr(), access_log.ptr(), error_log.ptr(),
-                                                 std::move(opts));
+    auto server =
+        std::make_unique<BridgeServer>(loop.ptr(), app.ptr(), run_asgi.ptr(), state.ptr(),
+                                       access_log.ptr(), error_log.ptr(), std::move(opts));
     // Reason phrases from this Python's http.HTTPStatus, as Uvicorn's status lines use them.
     py::object http_status = py::module_::import("http").attr("HTTPStatus");
     for (py::handle s : http_status) {
@@ -88,8 +84,7 @@ std::unique_ptr<BridgeServer> make_server(py::object loop, py::object app, py::o
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "cppuvicorn's native core: HTTP/1.1 on libuv + llhttp, driven from asyncio.";
-    if (!cppuvicorn::asgi::py_names::init() ||
-        !cppuvicorn::asgi::register_cycle_types(m.ptr()) ||
+    if (!cppuvicorn::asgi::py_names::init() || !cppuvicorn::asgi::register_cycle_types(m.ptr()) ||
         !cppuvicorn::asgi::register_ws_types(m.ptr())) {
         throw py::error_already_set();
     }
@@ -102,33 +97,35 @@ PYBIND11_MODULE(_core, m) {
              py::arg("timeout_keep_alive") = 5.0, py::arg("limit_concurrency") = py::none(),
              py::arg("access_log") = py::none(), py::arg("error_log"),
              py::arg("max_head_size") = 65536, py::arg("scheme") = "http",
-             py::arg("backlog") = 2048, py::arg("ws") = true,
-             py::arg("ws_max_size") = 16777216, py::arg("ws_max_queue") = 32,
-             py::arg("ws_ping_interval") = 20.0, py::arg("ws_ping_timeout") = 20.0,
-             py::arg("ws_per_message_deflate") = true, py::arg("run_asgi_ws") = py::none(),
-             py::arg("asgi_version") = "3.0")
-        .def("listen_tcp",
-             [](BridgeServer& s, const std::string& host, int port, int backlog) {
-                 cppuvicorn::core::PeerAddress bound;
-                 int rc = s.core().listen_tcp(host, port, backlog, &bound);
-                 if (rc != 0) raise_uv_error(rc);
-                 return py::make_tuple(bound.host, bound.port);
-             },
-             py::arg("host"), py::arg("port"), py::arg("backlog") = 2048)
-        .def("listen_unix",
-             [](BridgeServer& s, const std::string& path, int backlog) {
-                 int rc = s.core().listen_unix(path, backlog);
-                 if (rc != 0) raise_uv_error(rc);
-             },
-             py::arg("path"), py::arg("backlog") = 2048)
-        .def("listen_fd",
-             [](BridgeServer& s, int fd) {
-                 cppuvicorn::core::PeerAddress bound;
-                 int rc = s.core().listen_fd(fd, &bound);
-                 if (rc != 0) raise_uv_error(rc);
-                 return py::make_tuple(bound.host, bound.port);
-             },
-             py::arg("fd"))
+             py::arg("backlog") = 2048, py::arg("ws") = true, py::arg("ws_max_size") = 16777216,
+             py::arg("ws_max_queue") = 32, py::arg("ws_ping_interval") = 20.0,
+             py::arg("ws_ping_timeout") = 20.0, py::arg("ws_per_message_deflate") = true,
+             py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0")
+        .def(
+            "listen_tcp",
+            [](BridgeServer& s, const std::string& host, int port, int backlog) {
+                cppuvicorn::core::PeerAddress bound;
+                int rc = s.core().listen_tcp(host, port, backlog, &bound);
+                if (rc != 0) raise_uv_error(rc);
+                return py::make_tuple(bound.host, bound.port);
+            },
+            py::arg("host"), py::arg("port"), py::arg("backlog") = 2048)
+        .def(
+            "listen_unix",
+            [](BridgeServer& s, const std::string& path, int backlog) {
+                int rc = s.core().listen_unix(path, backlog);
+                if (rc != 0) raise_uv_error(rc);
+            },
+            py::arg("path"), py::arg("backlog") = 2048)
+        .def(
+            "listen_fd",
+            [](BridgeServer& s, int fd) {
+                cppuvicorn::core::PeerAddress bound;
+                int rc = s.core().listen_fd(fd, &bound);
+                if (rc != 0) raise_uv_error(rc);
+                return py::make_tuple(bound.host, bound.port);
+            },
+            py::arg("fd"))
         .def("start", &BridgeServer::start)
         .def("stop_listening", &BridgeServer::stop_listening)
         .def("shutdown", &BridgeServer::shutdown)

@@ -49,8 +49,7 @@ PyObject* build_path(std::string_view root_path, std::string_view raw_path) {
     } else {
         decoded.append(percent_decode(raw_path));
     }
-    return PyUnicode_DecodeUTF8(decoded.data(), static_cast<Py_ssize_t>(decoded.size()),
-                                "replace");
+    return PyUnicode_DecodeUTF8(decoded.data(), static_cast<Py_ssize_t>(decoded.size()), "replace");
 }
 
 }  // namespace
@@ -121,18 +120,17 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
 
     PyObject* scope = PyDict_New();
     if (scope == nullptr) return nullptr;
-    bool ok = PyDict_SetItem(scope, n::type, n::http) == 0 &&
-              set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
-              PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) ==
-                  0 &&
-              PyDict_SetItem(scope, n::server, in.server) == 0 &&
-              PyDict_SetItem(scope, n::client, in.client) == 0 &&
-              PyDict_SetItem(scope, n::scheme, in.scheme) == 0 &&
-              set_item(scope, n::method,
-                       n::method_str(head.method.data(),
-                                     static_cast<Py_ssize_t>(head.method.size()))) &&
-              PyDict_SetItem(scope, n::root_path, in.root_path) == 0 &&
-              set_item(scope, n::path, build_path(in.root_path_bytes, raw_path));
+    bool ok =
+        PyDict_SetItem(scope, n::type, n::http) == 0 &&
+        set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
+        PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) == 0 &&
+        PyDict_SetItem(scope, n::server, in.server) == 0 &&
+        PyDict_SetItem(scope, n::client, in.client) == 0 &&
+        PyDict_SetItem(scope, n::scheme, in.scheme) == 0 &&
+        set_item(scope, n::method,
+                 n::method_str(head.method.data(), static_cast<Py_ssize_t>(head.method.size()))) &&
+        PyDict_SetItem(scope, n::root_path, in.root_path) == 0 &&
+        set_item(scope, n::path, build_path(in.root_path_bytes, raw_path));
     if (ok) {
         PyObject* raw = nullptr;
         if (in.root_path_bytes.empty()) {

@@ -3,12 +3,12 @@
 // from pybind11 objects measured 3x slower). GIL required.
 #pragma once
 
+#include "core/request_handler.hpp"
+
 #include <Python.h>
 
 #include <string>
 #include <string_view>
-
-#include "core/request_handler.hpp"
 
 namespace cppuvicorn::asgi {
 
@@ -20,7 +20,7 @@ struct ScopeInputs {
     PyObject* scheme;         // "http" / "https"
     PyObject* root_path;      // str
     std::string_view root_path_bytes;
-    PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
+    PyObject* state;  // lifespan state dict (shallow-copied) or nullptr
 };
 
 // New reference, or nullptr with a Python error set.

@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "asgi_bridge/websocket_cycle.hpp"
 
-#include <deque>
-#include <new>
-#include <string>
-#include <utility>
-#include <vector>
-
 #include "asgi_bridge/bridge_server.hpp"
 #include "asgi_bridge/http_cycle.hpp"
 #include "asgi_bridge/py_names.hpp"
 #include "core/websocket_codec.hpp"
 #include "core/websocket_connection.hpp"
+
+#include <deque>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace cppuvicorn::asgi {
 
@@ -39,7 +39,7 @@ struct WsNames {
     PyObject* ws_http_response_body;
     PyObject* ws_http_response;  // the extension's name in the scope
     PyObject* set_exception;
-    PyObject* ready_none;        // a ReadyAwaitable of None
+    PyObject* ready_none;  // a ReadyAwaitable of None
 };
 WsNames w{};
 
@@ -127,15 +127,16 @@ bool collect_headers(PyObject* headers, std::vector<core::Header>& out,
             PyErr_SetString(PyExc_TypeError, "ASGI header names and values must be bytes");
             return false;
         }
-        out.push_back({{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
-                       {PyBytes_AS_STRING(value),
-                        static_cast<std::size_t>(PyBytes_GET_SIZE(value))}});
+        out.push_back(
+            {{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
+             {PyBytes_AS_STRING(value), static_cast<std::size_t>(PyBytes_GET_SIZE(value))}});
     }
     return true;
 }
 
 void release_all(std::vector<PyObject*>& keep) {
-    for (PyObject* o : keep) Py_DECREF(o);
+    for (PyObject* o : keep)
+        Py_DECREF(o);
     keep.clear();
 }
 
@@ -149,8 +150,7 @@ class WsHandler;
 }  // namespace
 
 struct WsCycle {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
+    PyObject_HEAD vectorcallfunc vectorcall;
     WsHandler* handler;  // placement-constructed in `storage`
     alignas(std::max_align_t) unsigned char storage[1];
 };
@@ -167,7 +167,7 @@ enum class AppState : std::uint8_t {
 
 // The C++ half of the cycle: core's WebSocketHandler plus the ASGI state machine.
 class WsHandler final : public core::WebSocketHandler {
-public:
+  public:
     WsHandler(WsCycle* self, BridgeServer& server, core::HttpConnection& conn, PyObject* scope)
         : self_(self),
           server_(server),
@@ -183,7 +183,8 @@ public:
         Py_VISIT(receive_waiter_);
         Py_VISIT(send_waiter_);
         Py_VISIT(disconnect_);
-        for (PyObject* m : queue_) Py_VISIT(m);
+        for (PyObject* m : queue_)
+            Py_VISIT(m);
         return 0;
     }
 
@@ -234,7 +235,7 @@ public:
 
     WsCycleLinks links;
 
-private:
+  private:
     PyObject* send_connecting(PyObject* type, PyObject* message);
     PyObject* send_accepted(PyObject* type, PyObject* message);
     PyObject* send_response_body(PyObject* type, PyObject* message);
@@ -242,7 +243,7 @@ private:
     PyObject* close(PyObject* message);
     PyObject* send_data(PyObject* message);
     PyObject* after_write(core::WriteResult r);
-    void push(PyObject* message);  // steals
+    void push(PyObject* message);                       // steals
     void queue_disconnect(int code, PyObject* reason);  // reason: borrowed, or nullptr for none
     void wake_receiver();
     void wake_sender(PyObject* exc_type);
@@ -275,12 +276,13 @@ PyTypeObject WsCycleType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 PyTypeObject WsReceiveType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 struct WsReceive {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
+    PyObject_HEAD vectorcallfunc vectorcall;
     WsCycle* cycle;
 };
 
-WsHandler& H(PyObject* self) { return *reinterpret_cast<WsCycle*>(self)->handler; }
+WsHandler& H(PyObject* self) {
+    return *reinterpret_cast<WsCycle*>(self)->handler;
+}
 
 // `await send(message)`; called by the application's task, never re-entered.
 PyObject* ws_cycle_vectorcall(PyObject* self, PyObject* const* args, size_t nargsf,
@@ -408,8 +410,8 @@ void WsHandler::on_ws_rejected(int status) noexcept {
     // websockets' ServerProtocol.send_response log line (its logger is uvicorn.error).
     std::string_view line = server_.core().status_lines().line(status);  // "HTTP/1.1 403 X\r\n"
     std::string_view phrase = line.size() > 15 ? line.substr(13, line.size() - 15) : "";
-    PyObject* text = PyUnicode_DecodeLatin1(phrase.data(), static_cast<Py_ssize_t>(phrase.size()),
-                                            nullptr);
+    PyObject* text =
+        PyUnicode_DecodeLatin1(phrase.data(), static_cast<Py_ssize_t>(phrase.size()), nullptr);
     PyObject* r = text ? PyObject_CallMethod(server_.error_logger(), "info", "siO",
                                              "connection rejected (%d %s)", status, text)
                        : nullptr;
@@ -441,8 +443,7 @@ void WsHandler::on_ws_message(bool text, std::string_view data) noexcept {
     }
 }
 
-void WsHandler::on_ws_closed(int code, std::string_view reason,
-                             core::WsCloseCause cause) noexcept {
+void WsHandler::on_ws_closed(int code, std::string_view reason, core::WsCloseCause cause) noexcept {
     if (cause == core::WsCloseCause::kInvalidText) {
         server_.log_error(n::error, "Invalid UTF-8 sequence received from client.");
     }
@@ -564,8 +565,8 @@ void WsHandler::log_info(const char* fmt, PyObject* arg) {
     }
     PyObject* addr = nullptr;
     if (client != nullptr && PyTuple_Check(client) && PyTuple_GET_SIZE(client) == 2) {
-        addr = PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0),
-                                    PyTuple_GET_ITEM(client, 1));
+        addr =
+            PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0), PyTuple_GET_ITEM(client, 1));
     } else {
         addr = Py_NewRef(n::empty_str);
     }
@@ -669,7 +670,8 @@ PyObject* WsHandler::send_connecting(PyObject* type, PyObject* message) {
         Py_DECREF(headers);
         if (ok) {
             response_headers_.clear();
-            for (const auto& h : list) response_headers_.emplace_back(h.name, h.value);
+            for (const auto& h : list)
+                response_headers_.emplace_back(h.name, h.value);
         }
         release_all(keep);
         if (!ok) {
@@ -736,8 +738,8 @@ PyObject* WsHandler::accept(PyObject* message) {
 
 PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
     if (!is(type, w.ws_http_response_body)) {
-        return runtime_error(
-            "Expected ASGI message 'websocket.http.response.body' but got '%S'.", type);
+        return runtime_error("Expected ASGI message 'websocket.http.response.body' but got '%S'.",
+                             type);
     }
     PyObject* body = message_get(message, n::body);
     if (body == nullptr) return nullptr;
@@ -760,7 +762,8 @@ PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
     if (more) return Py_NewRef(w.ready_none);
     std::vector<core::Header> list;
     list.reserve(response_headers_.size());
-    for (const auto& [name, value] : response_headers_) list.push_back({name, value});
+    for (const auto& [name, value] : response_headers_)
+        list.push_back({name, value});
     core::WriteResult r = ws_->respond(response_status_, list, response_body_);
     if (r == core::WriteResult::kInvalid) return header_error(ws_->last_header_error());
     queue_disconnect(core::ws_close::kAbnormal, nullptr);
@@ -969,7 +972,7 @@ PyObject* build_ws_scope(const core::RequestHead& head, const ScopeInputs& in) {
         q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
     std::string path(in.root_path_bytes);
     path.append(raw_path.find('%') == std::string_view::npos ? std::string(raw_path)
-                                                              : percent_decode(raw_path));
+                                                             : percent_decode(raw_path));
     std::string raw(in.root_path_bytes);
     raw.append(raw_path);
 
@@ -1026,8 +1029,8 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
     }
     PyObject* scope = nullptr;
     if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr) {
-        ScopeInputs in{ws_asgi_template_, cd.client, cd.server, ws_scheme_, root_path_,
-                       options_.root_path, state_};
+        ScopeInputs in{ws_asgi_template_, cd.client,          cd.server, ws_scheme_,
+                       root_path_,        options_.root_path, state_};
         scope = build_ws_scope(head, in);
     }
     WsCycle* cycle = scope != nullptr ? ws_cycle_new(*this, conn, scope) : nullptr;
@@ -1094,8 +1097,10 @@ void BridgeServer::on_ws_task_finished(WsCycle* c) {
 
 void BridgeServer::cancel_ws_tasks() {
     std::vector<WsCycle*> all;
-    for (WsCycle* c = live_ws_; c != nullptr; c = ws_cycle_links(c).next) all.push_back(c);
-    for (WsCycle* c : all) ws_cycle_cancel(c);
+    for (WsCycle* c = live_ws_; c != nullptr; c = ws_cycle_links(c).next)
+        all.push_back(c);
+    for (WsCycle* c : all)
+        ws_cycle_cancel(c);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1111,9 +1116,15 @@ WsCycle* ws_cycle_new(BridgeServer& server, core::HttpConnection& conn, PyObject
     return c;
 }
 
-core::WebSocketHandler* ws_cycle_handler(WsCycle* c) { return c->handler; }
-void ws_cycle_cancel(WsCycle* c) { c->handler->cancel_task(); }
-WsCycleLinks& ws_cycle_links(WsCycle* c) { return c->handler->links; }
+core::WebSocketHandler* ws_cycle_handler(WsCycle* c) {
+    return c->handler;
+}
+void ws_cycle_cancel(WsCycle* c) {
+    c->handler->cancel_task();
+}
+WsCycleLinks& ws_cycle_links(WsCycle* c) {
+    return c->handler->links;
+}
 
 bool register_ws_types(PyObject* module) {
     (void)module;

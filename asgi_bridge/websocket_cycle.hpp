@@ -7,11 +7,11 @@
 // GIL required everywhere.
 #pragma once
 
-#include <Python.h>
-
 #include "asgi_bridge/scope.hpp"
 #include "core/http_connection.hpp"
 #include "core/request_handler.hpp"
+
+#include <Python.h>
 
 namespace cppuvicorn::asgi {
 

@@ -38,9 +38,8 @@ TcpConnection* TcpConnection::accept(Server& server, uv_stream_t* listener, bool
     }
     c->handle()->data = c;
     if (uv_accept(listener, c->stream()) != 0) {
-        uv_close(c->handle(), [](uv_handle_t* h) noexcept {
-            delete static_cast<TcpConnection*>(h->data);
-        });
+        uv_close(c->handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<TcpConnection*>(h->data); });
         return nullptr;
     }
     PeerAddress peer;
@@ -62,8 +61,8 @@ TcpConnection* TcpConnection::accept(Server& server, uv_stream_t* listener, bool
             local = address_of(ss);
         }
     }
-    c->http_ = std::make_unique<HttpConnection>(*c, server.context(), std::move(peer),
-                                                std::move(local));
+    c->http_ =
+        std::make_unique<HttpConnection>(*c, server.context(), std::move(peer), std::move(local));
     server.add(c);
     c->resume_reading();
     return c;

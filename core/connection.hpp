@@ -4,21 +4,21 @@
 // lifecycle that ends exactly once, in the libuv close callback. No Python here.
 #pragma once
 
+#include "core/http_connection.hpp"
+#include "core/transport.hpp"
+
 #include <uv.h>
 
 #include <cstddef>
 #include <memory>
 #include <string>
 
-#include "core/http_connection.hpp"
-#include "core/transport.hpp"
-
 namespace cppuvicorn::core {
 
 class Server;
 
 class TcpConnection final : public Transport {
-public:
+  public:
     // Accepts a pending connection from `listener`; returns nullptr (and logs nothing) if the
     // accept failed. The connection deletes itself after its close callback.
     static TcpConnection* accept(Server& server, uv_stream_t* listener, bool unix_socket);
@@ -41,7 +41,7 @@ public:
     bool in_flush_list = false;
     bool in_resume_list = false;
 
-private:
+  private:
     TcpConnection(Server& server, bool unix_socket);
     ~TcpConnection() = default;
     uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }

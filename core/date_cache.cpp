@@ -17,8 +17,8 @@ std::string_view DateCache::header_line() {
         std::tm tm{};
         gmtime_r(&now, &tm);
         int n = std::snprintf(line_, sizeof line_, "date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
-                              kDays[tm.tm_wday], tm.tm_mday, kMonths[tm.tm_mon],
-                              tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                              kDays[tm.tm_wday], tm.tm_mday, kMonths[tm.tm_mon], tm.tm_year + 1900,
+                              tm.tm_hour, tm.tm_min, tm.tm_sec);
         len_ = n > 0 ? static_cast<std::size_t>(n) : 0;
     }
     return {line_, len_};

@@ -9,11 +9,11 @@
 namespace cppuvicorn::core {
 
 class DateCache {
-public:
+  public:
     // "date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" for the current second.
     std::string_view header_line();
 
-private:
+  private:
     std::time_t second_ = -1;
     char line_[64] = {};
     std::size_t len_ = 0;

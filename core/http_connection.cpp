@@ -216,8 +216,7 @@ void HttpConnection::arm_idle_deadline() {
 
 void HttpConnection::update_read_state() {
     if (closed_) return;
-    bool hold = body_paused_ ||
-                (parser_paused_ && pending_.size() >= ctx_.config.read_high_water);
+    bool hold = body_paused_ || (parser_paused_ && pending_.size() >= ctx_.config.read_high_water);
     if (hold) {
         transport_.pause_reading();
     } else {

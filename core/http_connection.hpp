@@ -5,12 +5,6 @@
 // error responses and the idle deadline. No Python here.
 #pragma once
 
-#include <cstdint>
-#include <memory>
-#include <span>
-#include <string>
-#include <string_view>
-
 #include "core/config.hpp"
 #include "core/date_cache.hpp"
 #include "core/http_parser.hpp"
@@ -18,6 +12,12 @@
 #include "core/response_writer.hpp"
 #include "core/transport.hpp"
 #include "core/websocket_connection.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
 
 namespace cppuvicorn::core {
 
@@ -30,7 +30,7 @@ struct ConnectionContext {
 };
 
 class HttpConnection final : private ParserSink {
-public:
+  public:
     HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
                    PeerAddress local);
     HttpConnection(const HttpConnection&) = delete;
@@ -44,7 +44,7 @@ public:
     void process_pending();               // see Transport::schedule_resume
     // Idle/timeout deadline on Transport::now_ms()'s clock, or 0 for none.
     std::uint64_t deadline_ms() const { return ws_ ? ws_->deadline_ms() : deadline_ms_; }
-    void on_deadline();                   // the deadline passed
+    void on_deadline();  // the deadline passed
     // Server shutdown: close now if idle, else close after the current response.
     void shutdown();
 
@@ -72,7 +72,7 @@ public:
     const PeerAddress& local() const { return local_; }
     void* user_data = nullptr;  // owned by the ConnectionEvents implementation
 
-private:
+  private:
     // ParserSink
     void on_head(const RequestHead& head) override;
     void on_body(std::string_view chunk) override;
@@ -93,18 +93,18 @@ private:
     std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
     RequestInfo request_;
     ResponseState response_;
-    std::string pending_;             // unparsed bytes waiting behind the current request
+    std::string pending_;  // unparsed bytes waiting behind the current request
     std::uint64_t deadline_ms_ = 0;
     HeaderError header_error_ = HeaderError::kNone;
-    bool in_process_ = false;         // inside process(): completions are handled by its loop
-    bool message_complete_ = false;   // the current request has been read to its end
+    bool in_process_ = false;        // inside process(): completions are handled by its loop
+    bool message_complete_ = false;  // the current request has been read to its end
     bool response_started_ = false;
     bool response_complete_ = false;
-    bool expect_continue_ = false;    // the client waits for 100 before sending the body
-    bool waiting_writable_ = false;   // write_body returned kWait
-    bool body_paused_ = false;        // the handler asked to stop reading body
-    bool parser_paused_ = false;      // a request is outstanding; parsing waits
-    bool keep_alive_ = true;          // the connection may carry another request
+    bool expect_continue_ = false;   // the client waits for 100 before sending the body
+    bool waiting_writable_ = false;  // write_body returned kWait
+    bool body_paused_ = false;       // the handler asked to stop reading body
+    bool parser_paused_ = false;     // a request is outstanding; parsing waits
+    bool keep_alive_ = true;         // the connection may carry another request
     bool closed_ = false;
 };
 

@@ -18,8 +18,10 @@ struct ParserSettings {
         llhttp_settings_init(&s);
         s.on_message_begin = parser_thunk<&HttpParser::handle_message_begin>;
         s.on_url = parser_thunk<&HttpParser::handle_url, const char*, std::size_t>;
-        s.on_header_field = parser_thunk<&HttpParser::handle_header_field, const char*, std::size_t>;
-        s.on_header_value = parser_thunk<&HttpParser::handle_header_value, const char*, std::size_t>;
+        s.on_header_field =
+            parser_thunk<&HttpParser::handle_header_field, const char*, std::size_t>;
+        s.on_header_value =
+            parser_thunk<&HttpParser::handle_header_value, const char*, std::size_t>;
         s.on_headers_complete = parser_thunk<&HttpParser::handle_headers_complete>;
         s.on_body = parser_thunk<&HttpParser::handle_body, const char*, std::size_t>;
         s.on_message_complete = parser_thunk<&HttpParser::handle_message_complete>;
@@ -35,8 +37,21 @@ const llhttp_settings_t kSettings = ParserSettings::make();
 bool is_tchar(unsigned char c) {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
     switch (c) {
-        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-        case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '.':
+        case '^':
+        case '_':
+        case '`':
+        case '|':
+        case '~':
             return true;
         default:
             return false;
@@ -152,7 +167,8 @@ int HttpParser::handle_header_value(const char* at, std::size_t len) {
 bool HttpParser::follows_fold(const char* at, std::size_t len) const {
     auto space = [](char c) { return c == ' ' || c == '\t'; };
     std::size_t spaces = 0;
-    while (spaces < len && space(at[spaces])) ++spaces;
+    while (spaces < len && space(at[spaces]))
+        ++spaces;
     const char* p = at;
     while (p > exec_begin_ && space(p[-1])) {
         --p;
@@ -213,7 +229,8 @@ int HttpParser::handle_message_complete() {
 
 void HttpParser::remember_tail(std::string_view done) {
     std::size_t n = done.size();
-    while (n > 0 && (done[n - 1] == ' ' || done[n - 1] == '\t')) --n;
+    while (n > 0 && (done[n - 1] == ' ' || done[n - 1] == '\t'))
+        --n;
     if (n > 0) {
         bool lf = done[n - 1] == '\n';
         tail_ = !lf ? Tail::kOther : n < done.size() ? Tail::kLfSpace : Tail::kLf;

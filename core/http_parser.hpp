@@ -4,42 +4,42 @@
 // names, enforces the head limits, and reports to a ParserSink. No Python, no I/O here.
 #pragma once
 
+#include "core/config.hpp"
+#include "core/request_handler.hpp"
+
+#include <llhttp.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include <llhttp.h>
-
-#include "core/config.hpp"
-#include "core/request_handler.hpp"
-
 namespace cppuvicorn::core {
 
 // Receives parser events. Return 0 to continue, kPause from on_message_end to stop the parser
 // right after the message (for pipelining: the next request waits for the response).
 class ParserSink {
-public:
+  public:
     static constexpr int kPause = HPE_PAUSED;
     virtual void on_head(const RequestHead& head) = 0;
     virtual void on_body(std::string_view chunk) = 0;
     virtual int on_message_end() = 0;
 
-protected:
+  protected:
     ~ParserSink() = default;
 };
 
 struct ParseResult {
     enum class Kind : std::uint8_t { kNeedMore, kPaused, kError };
     Kind kind = Kind::kNeedMore;
-    std::size_t consumed = 0;   // bytes consumed from the input
-    int status = 0;             // with kError: the HTTP status to answer (400, 413, 414, 431, 505)
-    std::string_view detail;    // with kError: why (llhttp's reason or ours); static storage
+    std::size_t consumed = 0;  // bytes consumed from the input
+    int status = 0;            // with kError: the HTTP status to answer (400, 413, 414, 431, 505)
+    std::string_view detail;   // with kError: why (llhttp's reason or ours); static storage
 };
 
 class HttpParser {
-public:
+  public:
     HttpParser(ParserSink& sink, const ServerConfig& config);
     HttpParser(const HttpParser&) = delete;
     HttpParser& operator=(const HttpParser&) = delete;
@@ -58,7 +58,7 @@ public:
     // True while inside the head of a message (for the head timeout).
     bool in_head() const { return in_message_ && !head_done_; }
 
-private:
+  private:
     template <auto Member, class... Args>
     friend int parser_thunk(llhttp_t* p, Args... args) noexcept;
     friend struct ParserSettings;
@@ -91,7 +91,7 @@ private:
     Span url_;
     std::vector<RawHeader> raw_headers_;
     RequestHead head_;
-    ParseResult failure_;  // the first error, returned again by every later execute()
+    ParseResult failure_;               // the first error, returned again by every later execute()
     const char* user_error_ = nullptr;  // fail()'s reason: llhttp overwrites it for some callbacks
     const char* exec_begin_ = nullptr;  // the buffer being executed
     // How the bytes executed so far end: for spotting an obs-fold across execute() calls.

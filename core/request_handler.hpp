@@ -14,7 +14,7 @@ namespace cppuvicorn::core {
 class HttpConnection;
 
 struct Header {
-    std::string_view name;   // lowercased by the parser for requests
+    std::string_view name;  // lowercased by the parser for requests
     std::string_view value;
 };
 
@@ -26,16 +26,16 @@ struct RequestHead {
     int http_major = 1;
     int http_minor = 1;
     std::vector<Header> headers;
-    bool keep_alive = true;       // what the request asks for (version + Connection header)
-    bool expect_continue = false; // "Expect: 100-continue"
-    bool upgrade = false;         // Connection: upgrade + Upgrade: … (WebSocket)
-    bool has_body = false;        // content-length > 0 or chunked
+    bool keep_alive = true;        // what the request asks for (version + Connection header)
+    bool expect_continue = false;  // "Expect: 100-continue"
+    bool upgrade = false;          // Connection: upgrade + Upgrade: … (WebSocket)
+    bool has_body = false;         // content-length > 0 or chunked
 };
 
 // One request's application side. Every method is noexcept: core may call it from inside
 // llhttp_execute or a libuv callback, so the implementation must catch everything itself.
 class RequestHandler {
-public:
+  public:
     // A chunk of request body (already de-chunked). The view is only valid during the call.
     virtual void on_body(std::string_view chunk) noexcept = 0;
     // The request body is complete (immediately after on_request for bodiless requests).
@@ -47,18 +47,18 @@ public:
     // Core forgets this handler now; called exactly once, and nothing is called after it.
     virtual void on_release() noexcept = 0;
 
-protected:
+  protected:
     ~RequestHandler() = default;
 };
 
 // Why a WebSocket session ended, as WebSocketHandler::on_ws_closed reports it.
 enum class WsCloseCause : std::uint8_t {
-    kPeer,       // the client's close frame (code 1005 if it carried none)
-    kProtocol,   // the client broke RFC 6455 or a limit: the close frame we sent
-    kKeepalive,  // no pong within the ping timeout: we sent 1011
-    kShutdown,   // server shutdown: we sent 1012
+    kPeer,         // the client's close frame (code 1005 if it carried none)
+    kProtocol,     // the client broke RFC 6455 or a limit: the close frame we sent
+    kKeepalive,    // no pong within the ping timeout: we sent 1011
+    kShutdown,     // server shutdown: we sent 1012
     kInvalidText,  // a text message was not UTF-8: we sent 1007
-    kLost,       // the connection went away without a close handshake (1006)
+    kLost,         // the connection went away without a close handshake (1006)
 };
 
 // One WebSocket session's application side (core/websocket_connection.hpp drives it). The same
@@ -66,7 +66,7 @@ enum class WsCloseCause : std::uint8_t {
 // callback, and must catch everything itself. Order: on_ws_connect or on_ws_rejected first;
 // on_ws_release last and exactly once; nothing is called after it.
 class WebSocketHandler {
-public:
+  public:
     // The opening handshake is valid: start the application (it answers with
     // WebSocketConnection::accept / reject / respond).
     virtual void on_ws_connect() noexcept = 0;
@@ -84,13 +84,13 @@ public:
     // Core forgets this handler now.
     virtual void on_ws_release() noexcept = 0;
 
-protected:
+  protected:
     ~WebSocketHandler() = default;
 };
 
 // Per-server upward interface (one per listening server, not per connection).
 class ConnectionEvents {
-public:
+  public:
     // A complete request head arrived. Return the handler for it; core keeps the pointer
     // until on_release. Returning nullptr means the callee already answered through
     // HttpConnection::respond_simple (e.g. 503) or aborted the connection.
@@ -110,21 +110,21 @@ public:
         return nullptr;
     }
 
-protected:
+  protected:
     ~ConnectionEvents() = default;
 };
 
 // Result of HttpConnection::write_body / start_response.
 enum class WriteResult : std::uint8_t {
-    kOk,          // accepted; the output buffer is under the high-water mark
-    kWait,        // accepted, but the buffer is over the high-water mark: wait for on_writable
-    kClosed,      // the connection is gone; the data was dropped
-    kTooLong,     // more body than the response's content-length: nothing was written
-    kTooShort,    // more=false before content-length bytes were sent: nothing was written
-    kNotStarted,  // write_body before start_response
+    kOk,              // accepted; the output buffer is under the high-water mark
+    kWait,            // accepted, but the buffer is over the high-water mark: wait for on_writable
+    kClosed,          // the connection is gone; the data was dropped
+    kTooLong,         // more body than the response's content-length: nothing was written
+    kTooShort,        // more=false before content-length bytes were sent: nothing was written
+    kNotStarted,      // write_body before start_response
     kAlreadyStarted,  // start_response twice
-    kFinished,    // write after the response completed
-    kInvalid,     // start_response: bad status, header name or value (see last_header_error)
+    kFinished,        // write after the response completed
+    kInvalid,         // start_response: bad status, header name or value (see last_header_error)
 };
 
 }  // namespace cppuvicorn::core

@@ -15,28 +15,68 @@ struct Reason {
 };
 
 constexpr Reason kReasons[] = {
-    {100, "Continue"}, {101, "Switching Protocols"}, {102, "Processing"}, {103, "Early Hints"},
-    {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {203, "Non-Authoritative Information"},
-    {204, "No Content"}, {205, "Reset Content"}, {206, "Partial Content"},
-    {207, "Multi-Status"}, {208, "Already Reported"}, {226, "IM Used"},
-    {300, "Multiple Choices"}, {301, "Moved Permanently"}, {302, "Found"}, {303, "See Other"},
-    {304, "Not Modified"}, {305, "Use Proxy"}, {307, "Temporary Redirect"},
-    {308, "Permanent Redirect"}, {400, "Bad Request"}, {401, "Unauthorized"},
-    {402, "Payment Required"}, {403, "Forbidden"}, {404, "Not Found"},
-    {405, "Method Not Allowed"}, {406, "Not Acceptable"},
-    {407, "Proxy Authentication Required"}, {408, "Request Timeout"}, {409, "Conflict"},
-    {410, "Gone"}, {411, "Length Required"}, {412, "Precondition Failed"},
-    {413, "Request Entity Too Large"}, {414, "Request-URI Too Long"},
-    {415, "Unsupported Media Type"}, {416, "Requested Range Not Satisfiable"},
-    {417, "Expectation Failed"}, {418, "I'm a Teapot"}, {421, "Misdirected Request"},
-    {422, "Unprocessable Entity"}, {423, "Locked"}, {424, "Failed Dependency"},
-    {425, "Too Early"}, {426, "Upgrade Required"}, {428, "Precondition Required"},
-    {429, "Too Many Requests"}, {431, "Request Header Fields Too Large"},
-    {451, "Unavailable For Legal Reasons"}, {500, "Internal Server Error"},
-    {501, "Not Implemented"}, {502, "Bad Gateway"}, {503, "Service Unavailable"},
-    {504, "Gateway Timeout"}, {505, "HTTP Version Not Supported"},
-    {506, "Variant Also Negotiates"}, {507, "Insufficient Storage"}, {508, "Loop Detected"},
-    {510, "Not Extended"}, {511, "Network Authentication Required"},
+    {100, "Continue"},
+    {101, "Switching Protocols"},
+    {102, "Processing"},
+    {103, "Early Hints"},
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {203, "Non-Authoritative Information"},
+    {204, "No Content"},
+    {205, "Reset Content"},
+    {206, "Partial Content"},
+    {207, "Multi-Status"},
+    {208, "Already Reported"},
+    {226, "IM Used"},
+    {300, "Multiple Choices"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {303, "See Other"},
+    {304, "Not Modified"},
+    {305, "Use Proxy"},
+    {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {402, "Payment Required"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {406, "Not Acceptable"},
+    {407, "Proxy Authentication Required"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {410, "Gone"},
+    {411, "Length Required"},
+    {412, "Precondition Failed"},
+    {413, "Request Entity Too Large"},
+    {414, "Request-URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {416, "Requested Range Not Satisfiable"},
+    {417, "Expectation Failed"},
+    {418, "I'm a Teapot"},
+    {421, "Misdirected Request"},
+    {422, "Unprocessable Entity"},
+    {423, "Locked"},
+    {424, "Failed Dependency"},
+    {425, "Too Early"},
+    {426, "Upgrade Required"},
+    {428, "Precondition Required"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {451, "Unavailable For Legal Reasons"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {502, "Bad Gateway"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+    {505, "HTTP Version Not Supported"},
+    {506, "Variant Also Negotiates"},
+    {507, "Insufficient Storage"},
+    {508, "Loop Detected"},
+    {510, "Not Extended"},
+    {511, "Network Authentication Required"},
 };
 
 // Uvicorn's HEADER_RE: CTLs, separators and whitespace are not allowed in names.
@@ -45,8 +85,21 @@ bool valid_name(std::string_view name) {
     for (unsigned char c : name) {
         if (c <= 0x20 || c == 0x7f) return false;
         switch (c) {
-            case '(': case ')': case '<': case '>': case '@': case ',': case ';': case ':':
-            case '[': case ']': case '=': case '{': case '}': case '\\': case '"':
+            case '(':
+            case ')':
+            case '<':
+            case '>':
+            case '@':
+            case ',':
+            case ';':
+            case ':':
+            case '[':
+            case ']':
+            case '=':
+            case '{':
+            case '}':
+            case '\\':
+            case '"':
                 return false;
             default:
                 break;
@@ -109,8 +162,10 @@ bool parse_length(std::string_view v, std::uint64_t& out) {
 }  // namespace
 
 StatusLines::StatusLines() {
-    for (int s = 100; s < 600; ++s) lines_[s - 100] = fmt::format("HTTP/1.1 {} \r\n", s);
-    for (const auto& r : kReasons) set_reason(r.status, r.text);
+    for (int s = 100; s < 600; ++s)
+        lines_[s - 100] = fmt::format("HTTP/1.1 {} \r\n", s);
+    for (const auto& r : kReasons)
+        set_reason(r.status, r.text);
 }
 
 void StatusLines::set_reason(int status, std::string_view reason) {

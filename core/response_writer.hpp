@@ -4,23 +4,23 @@
 // I/O and no Python here.
 #pragma once
 
+#include "core/request_handler.hpp"
+
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 
-#include "core/request_handler.hpp"
-
 namespace cppuvicorn::core {
 
 // "HTTP/1.1 200 OK\r\n" for every status 100..599 (an unknown reason gives "HTTP/1.1 599 \r\n").
 class StatusLines {
-public:
+  public:
     StatusLines();  // reason phrases of Python 3.11's http.HTTPStatus
     void set_reason(int status, std::string_view reason);
     std::string_view line(int status) const { return lines_[status - 100]; }
 
-private:
+  private:
     std::string lines_[500];
 };
 
@@ -35,7 +35,7 @@ enum class Framing : std::uint8_t {
 struct RequestInfo {
     bool head_method = false;
     bool http10 = false;
-    bool keep_alive = true;      // the connection may be reused (request + server state)
+    bool keep_alive = true;  // the connection may be reused (request + server state)
 };
 
 struct ResponseState {

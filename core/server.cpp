@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "core/server.hpp"
 
-#include <sys/socket.h>
-#include <sys/stat.h>
-
-#include <algorithm>
-
 #include "core/connection.hpp"
 #include "core/http_connection.hpp"
+
+#include <algorithm>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 namespace cppuvicorn::core {
 
@@ -58,9 +57,8 @@ int Server::listen_tcp(const std::string& host, int port, int backlog, PeerAddre
     rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<sockaddr*>(&addr), flags);
     if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
-            delete static_cast<Listener*>(h->data);
-        });
+        uv_close(l->as_handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
         return rc;
     }
     if (bound != nullptr) {
@@ -93,9 +91,8 @@ int Server::listen_unix(const std::string& path, int backlog) {
     int rc = uv_pipe_bind(&l->handle.pipe, path.c_str());
     if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
-            delete static_cast<Listener*>(h->data);
-        });
+        uv_close(l->as_handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
         return rc;
     }
     listeners_.push_back(l);
@@ -118,9 +115,8 @@ int Server::listen_fd(int fd, PeerAddress* bound) {
     }
     if (rc == 0) rc = uv_listen(l->stream(), config_.backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
-            delete static_cast<Listener*>(h->data);
-        });
+        uv_close(l->as_handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
         return rc;
     }
     if (bound != nullptr && !l->unix_socket) {
@@ -143,9 +139,8 @@ int Server::listen_fd(int fd, PeerAddress* bound) {
 
 void Server::stop_listening() {
     for (Listener* l : listeners_) {
-        uv_close(l->as_handle(), [](uv_handle_t* h) noexcept {
-            delete static_cast<Listener*>(h->data);
-        });
+        uv_close(l->as_handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
     }
     listeners_.clear();
     note_uv_work();
@@ -156,7 +151,9 @@ void Server::on_uv_connection(uv_stream_t* stream, int status) noexcept {
     if (status == 0) l->server->accept(*l);
 }
 
-void Server::accept(Listener& l) { TcpConnection::accept(*this, l.stream(), l.unix_socket); }
+void Server::accept(Listener& l) {
+    TcpConnection::accept(*this, l.stream(), l.unix_socket);
+}
 
 uv_buf_t Server::borrow_read_buffer() {
     return uv_buf_init(read_buffer_.get(), static_cast<unsigned>(kReadBufferSize));
@@ -175,10 +172,12 @@ void Server::remove(TcpConnection* c) {
         connections_[i]->registry_index = i;
         connections_.pop_back();
     }
-    if (c->in_flush_list) std::replace(flush_list_.begin(), flush_list_.end(), c,
-                                       static_cast<TcpConnection*>(nullptr));
-    if (c->in_resume_list) std::replace(resume_list_.begin(), resume_list_.end(), c,
-                                        static_cast<TcpConnection*>(nullptr));
+    if (c->in_flush_list)
+        std::replace(flush_list_.begin(), flush_list_.end(), c,
+                     static_cast<TcpConnection*>(nullptr));
+    if (c->in_resume_list)
+        std::replace(resume_list_.begin(), resume_list_.end(), c,
+                     static_cast<TcpConnection*>(nullptr));
 }
 
 void Server::defer_flush(TcpConnection* c) {
@@ -236,17 +235,20 @@ void Server::sweep() {
         std::uint64_t d = c->http().deadline_ms();
         if (d != 0 && d <= now) expired.push_back(c);
     }
-    for (TcpConnection* c : expired) c->http().on_deadline();
+    for (TcpConnection* c : expired)
+        c->http().on_deadline();
 }
 
 void Server::shutdown() {
     std::vector<TcpConnection*> all = connections_;
-    for (TcpConnection* c : all) c->http().shutdown();
+    for (TcpConnection* c : all)
+        c->http().shutdown();
 }
 
 void Server::close_all() {
     std::vector<TcpConnection*> all = connections_;
-    for (TcpConnection* c : all) c->close(true);
+    for (TcpConnection* c : all)
+        c->close(true);
 }
 
 }  // namespace cppuvicorn::core

@@ -4,18 +4,18 @@
 // else runs (the ASGI bridge nests it in asyncio). No Python here.
 #pragma once
 
+#include "core/config.hpp"
+#include "core/date_cache.hpp"
+#include "core/request_handler.hpp"
+#include "core/response_writer.hpp"
+#include "core/transport.hpp"
+
 #include <uv.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include "core/config.hpp"
-#include "core/date_cache.hpp"
-#include "core/request_handler.hpp"
-#include "core/response_writer.hpp"
-#include "core/transport.hpp"
 
 namespace cppuvicorn::core {
 
@@ -24,17 +24,17 @@ struct ConnectionContext;
 
 // How the server asks whoever runs the loop for attention.
 class LoopHooks {
-public:
+  public:
     // Something was queued outside uv_run (a write, a close, read start/stop, deferred work):
     // call Server::run_once() soon, at the latest at the end of this loop turn.
     virtual void request_run() noexcept = 0;
 
-protected:
+  protected:
     ~LoopHooks() = default;
 };
 
 class Server {
-public:
+  public:
     Server(uv_loop_t* loop, ServerConfig config, ConnectionEvents& events, LoopHooks& hooks);
     ~Server();
     Server(const Server&) = delete;
@@ -70,7 +70,7 @@ public:
     void remove(TcpConnection* c);
     ConnectionContext& context() { return *ctx_; }
 
-private:
+  private:
     struct Listener;
     static void on_uv_connection(uv_stream_t* server, int status) noexcept;
     void accept(Listener& l);

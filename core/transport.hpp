@@ -17,7 +17,7 @@ struct PeerAddress {
 };
 
 class Transport {
-public:
+  public:
     // The output buffer: append freely, then call flush() (or let the owner flush it at the
     // end of the loop turn, see schedule_flush).
     virtual std::string& out() = 0;
@@ -36,7 +36,7 @@ public:
     // Milliseconds on a monotonic clock.
     virtual std::uint64_t now_ms() const = 0;
 
-protected:
+  protected:
     ~Transport() = default;
 };
 

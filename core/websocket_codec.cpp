@@ -124,8 +124,10 @@ std::optional<Utf8Error> utf8_error(std::string_view s) {
 namespace {
 
 std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -185,8 +187,8 @@ bool parse_offer(const std::vector<std::string_view>& parts, Offer& o) {
 
 }  // namespace
 
-std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offers,
-                                                          int server_bits, int client_bits) {
+std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offers, int server_bits,
+                                                          int client_bits) {
     for (std::string_view ext : split(offers, ',')) {
         auto parts = split(ext, ';');
         if (parts.empty() || parts[0] != "permessage-deflate") continue;
@@ -254,7 +256,8 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
     } else if (len == 127) {
         if (avail < 10) return Status::kNeedMore;
         len = 0;
-        for (int i = 2; i < 10; ++i) len = (len << 8) | p[i];
+        for (int i = 2; i < 10; ++i)
+            len = (len << 8) | p[i];
         header = 10;
     }
     if (len > max_frame_size_) {
@@ -281,7 +284,8 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
         w ^= mask8;
         std::memcpy(payload + i, &w, 8);
     }
-    for (; i < len; ++i) payload[i] ^= mask[i & 3];
+    for (; i < len; ++i)
+        payload[i] ^= mask[i & 3];
     out.fin = fin;
     out.rsv1 = rsv1;
     out.opcode = static_cast<WsOpcode>(opcode);
@@ -306,7 +310,8 @@ void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload
         n = 4;
     } else {
         head[1] = 127;
-        for (int i = 0; i < 8; ++i) head[2 + i] = static_cast<unsigned char>(len >> (56 - 8 * i));
+        for (int i = 0; i < 8; ++i)
+            head[2 + i] = static_cast<unsigned char>(len >> (56 - 8 * i));
         n = 10;
     }
     out.reserve(out.size() + n + payload.size());
@@ -398,8 +403,8 @@ WsDeflate::Inflate WsDeflate::decompress_frame(std::string_view data, bool fin,
         do {
             // Never ask zlib for more than one byte past the limit: a zip bomb stops here.
             std::uint64_t room = max_size - std::min<std::uint64_t>(max_size, out.size() - start);
-            std::uint64_t cap = room >= (std::uint64_t{1} << 30) ? (std::uint64_t{1} << 30)
-                                                                   : room + 1;
+            std::uint64_t cap =
+                room >= (std::uint64_t{1} << 30) ? (std::uint64_t{1} << 30) : room + 1;
             std::size_t chunk =
                 static_cast<std::size_t>(std::min<std::uint64_t>(in.size() * 4 + 256, cap));
             std::size_t at = out.size();

@@ -81,7 +81,7 @@ struct WsFrame {
 // size limit, reserved bits, control frame length, fragmented control frame. RSV1 on a data
 // frame is left to the caller when `allow_rsv1` (permessage-deflate decides what it means).
 class WsDecoder {
-public:
+  public:
     explicit WsDecoder(std::uint64_t max_frame_size, bool allow_rsv1)
         : max_frame_size_(max_frame_size), allow_rsv1_(allow_rsv1) {}
 
@@ -100,7 +100,7 @@ public:
     // With error_code() 1009: the payload length the frame announced.
     std::uint64_t too_big_length() const { return too_big_length_; }
 
-private:
+  private:
     Status fail(int code, const char* reason) {
         error_code_ = code;
         error_reason_ = reason;
@@ -124,7 +124,7 @@ void ws_encode_close(std::string& out, int code, std::string_view reason);
 
 // permessage-deflate compressor and decompressor for one connection (zlib raw deflate).
 class WsDeflate {
-public:
+  public:
     explicit WsDeflate(const DeflateParams& params);
     ~WsDeflate();
     WsDeflate(const WsDeflate&) = delete;
@@ -142,7 +142,7 @@ public:
     Inflate decompress_frame(std::string_view data, bool fin, std::uint64_t max_size,
                              std::string& out);
 
-private:
+  private:
     struct Streams;
     std::unique_ptr<Streams> z_;
     DeflateParams params_;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "core/websocket_connection.hpp"
 
+#include "core/http_connection.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -8,8 +10,6 @@
 #include <random>
 #include <utility>
 #include <vector>
-
-#include "core/http_connection.hpp"
 
 namespace cppuvicorn::core {
 
@@ -20,7 +20,9 @@ constexpr std::string_view kBrowserHint =
     "\nYou cannot access a WebSocket server directly with a browser. You need a WebSocket "
     "client.\n";
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
+char lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
@@ -31,8 +33,10 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -187,11 +191,14 @@ HeaderError check_headers(std::span<const Header> headers) {
 std::string_view clip_reason(std::string_view reason) {
     if (reason.size() <= 123) return reason;
     std::size_t n = 123;
-    while (n > 0 && (static_cast<unsigned char>(reason[n]) & 0xC0) == 0x80) --n;
+    while (n > 0 && (static_cast<unsigned char>(reason[n]) & 0xC0) == 0x80)
+        --n;
     return reason.substr(0, n);
 }
 
-std::uint64_t seconds_to_ms(double s) { return s > 0 ? static_cast<std::uint64_t>(s * 1000.0) : 0; }
+std::uint64_t seconds_to_ms(double s) {
+    return s > 0 ? static_cast<std::uint64_t>(s * 1000.0) : 0;
+}
 
 std::uint32_t seed() {
     static std::random_device device;
@@ -271,10 +278,9 @@ WsHandshake check_websocket_handshake(const RequestHead& head, bool per_message_
                                        latin1_to_utf8(key->value), error));
     }
     if (raw != 16) {
-        return reject(400, key->value.empty()
-                               ? std::string("empty Sec-WebSocket-Key header")
-                               : fmt::format("invalid Sec-WebSocket-Key header: {}",
-                                             latin1_to_utf8(key->value)));
+        return reject(400, key->value.empty() ? std::string("empty Sec-WebSocket-Key header")
+                                              : fmt::format("invalid Sec-WebSocket-Key header: {}",
+                                                            latin1_to_utf8(key->value)));
     }
     const Header* version = single_header(head, "sec-websocket-version", count);
     if (count == 0) return reject(400, "missing Sec-WebSocket-Version header");
@@ -343,8 +349,9 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
     // The head websockets builds (Upgrade, Connection, Sec-WebSocket-Accept, extensions) with
     // its Date removed, then Uvicorn's default headers, the app's, and the subprotocol.
     std::string& out = transport_.out();
-    out.append("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Accept: ");
+    out.append(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: ");
     out.append(accept_key_).append("\r\n");
     if (!extensions_header_.empty()) {
         out.append("Sec-WebSocket-Extensions: ").append(extensions_header_).append("\r\n");
@@ -352,7 +359,8 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
     if (ctx_.config.date_header) out.append(ctx_.date.header_line());
     out.append(ctx_.config.default_headers);
     for (const auto& h : headers) {
-        for (char c : h.name) out.push_back(lower(c));
+        for (char c : h.name)
+            out.push_back(lower(c));
         out.append(": ").append(h.value).append("\r\n");
     }
     if (!subprotocol.empty()) {
@@ -519,8 +527,8 @@ void WebSocketConnection::handle_data_frame(const WsFrame& frame) {
     std::optional<std::uint64_t> current;
     if (in_message_) current = message_.size();
     if (message_compressed_) {
-        auto r = deflate_->decompress_frame(frame.payload, frame.fin, message_limit_left(),
-                                            message_);
+        auto r =
+            deflate_->decompress_frame(frame.payload, frame.fin, message_limit_left(), message_);
         if (r == WsDeflate::Inflate::kTooBig) {
             // websockets: PayloadTooBig(None, max_size) raised while decoding.
             std::string reason = "frame ";

@@ -6,17 +6,17 @@
 // reasons) is that of Uvicorn's websockets-sansio implementation. No Python here.
 #pragma once
 
+#include "core/request_handler.hpp"
+#include "core/response_writer.hpp"
+#include "core/transport.hpp"
+#include "core/websocket_codec.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-
-#include "core/request_handler.hpp"
-#include "core/response_writer.hpp"
-#include "core/transport.hpp"
-#include "core/websocket_codec.hpp"
 
 namespace cppuvicorn::core {
 
@@ -37,7 +37,7 @@ struct WsHandshake {
 WsHandshake check_websocket_handshake(const RequestHead& head, bool per_message_deflate);
 
 class WebSocketConnection {
-public:
+  public:
     enum class State : std::uint8_t {
         kNew,        // created, start() not called yet
         kHandshake,  // valid request; waiting for the application's answer
@@ -60,10 +60,10 @@ public:
     void on_data(std::string_view data);  // bytes after the request head; the view dies after
     void process_pending();               // frames left buffered while reading was paused
     void on_drained();
-    void on_closed();                     // the transport is closed: report and release
-    std::uint64_t deadline_ms() const;    // next ping / pong / close timer, 0 for none
+    void on_closed();                   // the transport is closed: report and release
+    std::uint64_t deadline_ms() const;  // next ping / pong / close timer, 0 for none
     void on_deadline();
-    void shutdown();                      // server shutdown: 1012, or 500 before the accept
+    void shutdown();  // server shutdown: 1012, or 500 before the accept
 
     // ---- called by the handler (the application side) ----
     // 101 Switching Protocols with the application's extra headers and subprotocol (empty for
@@ -89,7 +89,7 @@ public:
 
     static constexpr std::uint64_t kCloseTimeoutMs = 10000;  // Uvicorn's close_timeout
 
-private:
+  private:
     void process_frames();
     void handle_frame(const WsFrame& frame);
     void handle_data_frame(const WsFrame& frame);
@@ -115,8 +115,8 @@ private:
     std::unique_ptr<WsDeflate> deflate_;
     std::string extensions_header_;  // Sec-WebSocket-Extensions answer, if any
     std::string accept_key_;
-    std::string message_;            // the fragmented or decompressed message being assembled
-    std::string scratch_;            // compression output
+    std::string message_;  // the fragmented or decompressed message being assembled
+    std::string scratch_;  // compression output
     State state_ = State::kNew;
     HeaderError header_error_ = HeaderError::kNone;
     // Keepalive and close timers, on Transport::now_ms()'s clock; 0 = not armed.
@@ -128,14 +128,14 @@ private:
     std::uint32_t ping_payload_ = 0;
     std::uint32_t rng_state_;
     bool ping_pending_ = false;
-    bool in_message_ = false;        // a fragmented message is being received
+    bool in_message_ = false;  // a fragmented message is being received
     bool message_text_ = false;
     bool message_compressed_ = false;
-    bool paused_ = false;            // the application asked to stop reading
-    bool connected_ = false;         // on_ws_connect was called
+    bool paused_ = false;     // the application asked to stop reading
+    bool connected_ = false;  // on_ws_connect was called
     bool closed_reported_ = false;
     bool waiting_writable_ = false;
-    bool in_frames_ = false;         // inside process_frames (no re-entry)
+    bool in_frames_ = false;  // inside process_frames (no re-entry)
 };
 
 }  // namespace cppuvicorn::core

@@ -1,23 +1,23 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "cli/src/supervisor.hpp"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 #include <uv.h>
 
+#include <arpa/inet.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <list>
 #include <memory>
+#include <netinet/in.h>
+#include <signal.h>
 #include <string>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 extern char** environ;
 
@@ -33,7 +33,9 @@ void log_line(const char* level, const std::string& msg) {
     std::fflush(stderr);
 }
 
-std::uint64_t now_ms() { return uv_hrtime() / 1000000; }
+std::uint64_t now_ms() {
+    return uv_hrtime() / 1000000;
+}
 
 std::string fmt_seconds(double s) {
     char buf[32];
@@ -44,7 +46,7 @@ std::string fmt_seconds(double s) {
 struct Worker;
 
 class Supervisor {
-public:
+  public:
     explicit Supervisor(const SupervisorOptions& o) : opts_(o) {}
     int run();
 
@@ -54,7 +56,7 @@ public:
     void on_signal(int signum);
     void on_check();
 
-private:
+  private:
     bool bind_socket();
     Worker* spawn();
     void terminate(Worker* w, const char* verb);
@@ -87,10 +89,10 @@ struct Worker {
     uv_process_t proc{};
     uv_pipe_t beat{};
     int pid = 0;
-    bool ready = false;         // sent 'R': lifespan startup done, serving
-    bool stopping = false;      // we asked it to stop (SIGTERM)
-    bool retiring = false;      // it stops for good (SIGTTOU, rolling restart): no respawn
-    bool blocked = false;       // killed because its event loop stopped beating
+    bool ready = false;     // sent 'R': lifespan startup done, serving
+    bool stopping = false;  // we asked it to stop (SIGTERM)
+    bool retiring = false;  // it stops for good (SIGTTOU, rolling restart): no respawn
+    bool blocked = false;   // killed because its event loop stopped beating
     bool exited = false;
     int open_handles = 0;
     std::uint64_t last_beat = 0;
@@ -133,8 +135,8 @@ bool Supervisor::bind_socket() {
             return false;
         }
         chmod(opts_.uds.c_str(), 0666);
-        log_line("INFO", "cppuvicorn running on unix socket " + opts_.uds +
-                             " (Press CTRL+C to quit)");
+        log_line("INFO",
+                 "cppuvicorn running on unix socket " + opts_.uds + " (Press CTRL+C to quit)");
         return true;
     }
     bool v6 = opts_.host.find(':') != std::string::npos;
@@ -177,7 +179,8 @@ Worker* Supervisor::spawn() {
     w->proc.data = w.get();
 
     std::vector<char*> args;
-    for (const auto& a : opts_.worker_argv) args.push_back(const_cast<char*>(a.c_str()));
+    for (const auto& a : opts_.worker_argv)
+        args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     std::vector<std::string> env_store;
     for (char** e = environ; *e != nullptr; ++e) {
@@ -190,7 +193,8 @@ Worker* Supervisor::spawn() {
     env_store.emplace_back("CPPUVICORN_LISTEN_FD=3");
     env_store.emplace_back("CPPUVICORN_HEARTBEAT_FD=4");
     std::vector<char*> env;
-    for (auto& e : env_store) env.push_back(e.data());
+    for (auto& e : env_store)
+        env.push_back(e.data());
     env.push_back(nullptr);
 
     uv_stdio_container_t stdio[5];
@@ -257,8 +261,8 @@ void Supervisor::terminate(Worker* w, const char* verb) {
     if (w->exited || w->stopping) return;
     w->stopping = true;
     kill(w->pid, SIGTERM);
-    if (verb != nullptr) log_line("INFO", std::string(verb) + " child process [" +
-                                              std::to_string(w->pid) + "]");
+    if (verb != nullptr)
+        log_line("INFO", std::string(verb) + " child process [" + std::to_string(w->pid) + "]");
     if (opts_.graceful_timeout >= 0) {
         // The worker bounds its own drain by the same timeout; this is the backstop.
         w->kill_at = now_ms() + static_cast<std::uint64_t>(opts_.graceful_timeout * 1000) + 2000;
@@ -280,7 +284,8 @@ void Supervisor::stop_all() {
         close(listen_fd_);  // the workers hold their own copies until they stop listening
         listen_fd_ = -1;
     }
-    for (auto& w : workers_) terminate(w.get(), "Terminated");
+    for (auto& w : workers_)
+        terminate(w.get(), "Terminated");
     maybe_finish();
 }
 
@@ -310,9 +315,10 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
         // abort the restart; it was an extra worker, so it is not respawned either (the pool
         // would grow by one, and the restart would wait for it forever).
         restart_new_ = nullptr;
-        std::string keep = restart_queue_.empty()
-                               ? std::string()
-                               : "keeping worker [" + std::to_string(restart_queue_.front()->pid) + "] and ";
+        std::string keep =
+            restart_queue_.empty()
+                ? std::string()
+                : "keeping worker [" + std::to_string(restart_queue_.front()->pid) + "] and ";
         log_line("ERROR", "New child process [" + std::to_string(w->pid) + "] " +
                               (status == 3 ? "failed to start" : "died") + "; " + keep +
                               "aborting the restart.");
@@ -363,11 +369,12 @@ void Supervisor::continue_rolling_restart() {
         }
     }
     if (restart_new_ != nullptr || restart_old_ != nullptr) return;
-    while (!restart_queue_.empty() && restart_queue_.front()->exited) restart_queue_.pop_front();
+    while (!restart_queue_.empty() && restart_queue_.front()->exited)
+        restart_queue_.pop_front();
     if (restart_queue_.empty()) return;
     restart_new_ = spawn();
-    restart_deadline_ = now_ms() +
-                        static_cast<std::uint64_t>(std::max(opts_.healthcheck_timeout, 30.0) * 1000);
+    restart_deadline_ =
+        now_ms() + static_cast<std::uint64_t>(std::max(opts_.healthcheck_timeout, 30.0) * 1000);
 }
 
 void Supervisor::on_signal(int signum) {
@@ -473,7 +480,8 @@ void Supervisor::on_check() {
     for (auto it = workers_.begin(); it != workers_.end();) {
         Worker* w = it->get();
         bool referenced = w == restart_new_ || w == restart_old_;
-        for (Worker* q : restart_queue_) referenced = referenced || q == w;
+        for (Worker* q : restart_queue_)
+            referenced = referenced || q == w;
         if (w->exited && w->open_handles == 0 && !referenced) {
             it = workers_.erase(it);
         } else {
@@ -502,13 +510,16 @@ int Supervisor::run() {
     uv_timer_start(
         &check_timer_,
         [](uv_timer_t* t) noexcept { static_cast<Supervisor*>(t->data)->on_check(); }, 100, 100);
-    for (int i = 0; i < opts_.workers; ++i) spawn();
+    for (int i = 0; i < opts_.workers; ++i)
+        spawn();
     uv_run(&loop_, UV_RUN_DEFAULT);
 
     // Stopped: close what is left and let libuv finish its callbacks.
-    for (auto& s : signals_) uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+    for (auto& s : signals_)
+        uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&check_timer_), nullptr);
-    for (auto& w : workers_) close_worker_handles(w.get());
+    for (auto& w : workers_)
+        close_worker_handles(w.get());
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
     if (!opts_.uds.empty()) unlink(opts_.uds.c_str());

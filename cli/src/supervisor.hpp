@@ -15,12 +15,12 @@ struct SupervisorOptions {
     int workers = 2;
     std::string host = "127.0.0.1";
     int port = 8000;
-    std::string uds;      // bind a UNIX socket instead of host:port
-    int fd = -1;          // use this already-open listening socket instead
+    std::string uds;  // bind a UNIX socket instead of host:port
+    int fd = -1;      // use this already-open listening socket instead
     int backlog = 2048;
-    double healthcheck_timeout = 5.0;      // seconds without a heartbeat → blocked loop
-    double graceful_timeout = -1.0;        // seconds after SIGTERM before SIGKILL (<0: wait)
-    double drain = 0.0;                    // seconds to keep serving after SIGTERM
+    double healthcheck_timeout = 5.0;  // seconds without a heartbeat → blocked loop
+    double graceful_timeout = -1.0;    // seconds after SIGTERM before SIGKILL (<0: wait)
+    double drain = 0.0;                // seconds to keep serving after SIGTERM
     std::string scheme = "http";
     bool log_info = true;                  // --log-level info or lower
     std::vector<std::string> worker_argv;  // the command that starts one worker

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // cppuvicorn-supervisor: started by `cppuvicorn --workers N` (which execs it before any app
 // import). Usage: cppuvicorn-supervisor --workers N --host H --port P … -- WORKER ARGV…
+#include "cli/src/supervisor.hpp"
+
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include "cli/src/supervisor.hpp"
 
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);

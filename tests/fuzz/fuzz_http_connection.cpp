@@ -16,11 +16,19 @@
 // nothing changes (the app answers, the peer reads, the loop turns), then closed.
 // Invariants: no crash or sanitizer report; the app sees the heads a reference HttpParser finds
 // in the same stream, in order (a prefix of them: the connection may close early); one request
-// at a time; at most one protocol error and no request after it; per request: no body after body-complete, at most one body-complete and one
-// disconnect, on_release exactly once and nothing after it; on_connection_closed exactly once;
-// nothing is appended to the output after the transport was closed; the app's writes never
-// come back kInvalid / kAlreadyStarted / kNotStarted; and a connection still open at the end
-// has served every complete request of the stream.
+// at a time; at most one protocol error and no request after it; per request: no body after
+// body-complete, at most one body-complete and one disconnect, on_release exactly once and nothing
+// after it; on_connection_closed exactly once; nothing is appended to the output after the
+// transport was closed; the app's writes never come back kInvalid / kAlreadyStarted / kNotStarted;
+// and a connection still open at the end has served every complete request of the stream.
+#include "core/config.hpp"
+#include "core/date_cache.hpp"
+#include "core/http_connection.hpp"
+#include "core/http_parser.hpp"
+#include "core/request_handler.hpp"
+#include "core/response_writer.hpp"
+#include "core/transport.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -33,14 +41,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/config.hpp"
-#include "core/date_cache.hpp"
-#include "core/http_connection.hpp"
-#include "core/http_parser.hpp"
-#include "core/request_handler.hpp"
-#include "core/response_writer.hpp"
-#include "core/transport.hpp"
-
 namespace {
 
 using namespace cppuvicorn::core;
@@ -49,16 +49,16 @@ using namespace cppuvicorn::core;
     std::fprintf(stderr, "fuzz_http_connection: invariant violated: %s\n", what);
     std::abort();
 }
-#define FUZZ_CHECK(cond)                  \
-    do {                                  \
-        if (!(cond)) violated(#cond);     \
+#define FUZZ_CHECK(cond)              \
+    do {                              \
+        if (!(cond)) violated(#cond); \
     } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // The transport: tests/unit/support/fake_transport.hpp plus the "nothing after close" checks.
 
 class FuzzTransport final : public Transport {
-public:
+  public:
     HttpConnection* conn = nullptr;
     std::uint64_t clock_ms = 1'000'000;
     bool stalled = false;
@@ -139,7 +139,7 @@ public:
     void schedule_resume() override { resume_scheduled_ = true; }
     std::uint64_t now_ms() const override { return clock_ms; }
 
-private:
+  private:
     std::string out_;
     std::string unsent_;
     std::string written_;
@@ -196,7 +196,7 @@ struct App final : ConnectionEvents {
     RequestHandler* on_request(HttpConnection& c, const RequestHead& head) noexcept override {
         FUZZ_CHECK(connection_closed == 0);
         FUZZ_CHECK(protocol_errors == 0);  // never a request after a rejected one
-        FUZZ_CHECK(active == nullptr);  // one request at a time
+        FUZZ_CHECK(active == nullptr);     // one request at a time
         conn = &c;
         heads.push_back(std::string(head.method) + " " + std::string(head.target));
         if (refuse()) {
@@ -331,8 +331,8 @@ HeadList reference_heads(const ServerConfig& config, std::string_view stream) {
     return list;
 }
 
-constexpr std::size_t kSizes[32] = {1,  2,  3,  4,  5,  6,  7,   8,   10,  12,  15,
-                                    17, 20, 24, 28, 32, 40, 48,  64,  80,  100, 128,
+constexpr std::size_t kSizes[32] = {1,   2,   3,   4,   5,   6,    7,    8,    10,   12,   15,
+                                    17,  20,  24,  28,  32,  40,   48,   64,   80,   100,  128,
                                     160, 200, 256, 400, 512, 1024, 2048, 4096, 8192, 65536};
 
 struct Driver {
@@ -460,7 +460,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         d->conn = &conn;
         d->wire.conn = &conn;
 
-        for (std::size_t i = 0; i < nops; ++i) d->step(ops[i]);
+        for (std::size_t i = 0; i < nops; ++i)
+            d->step(ops[i]);
         d->settle();
 
         // Heads in order: what the app saw is what the parser finds, up to where it stopped.
@@ -483,7 +484,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         FUZZ_CHECK(d->wire.close_reported());
         FUZZ_CHECK(d->app.connection_closed == 1);
         FUZZ_CHECK(d->app.active == nullptr);
-        for (const Request& r : d->app.requests) FUZZ_CHECK(r.releases == 1);
+        for (const Request& r : d->app.requests)
+            FUZZ_CHECK(r.releases == 1);
         d->wire.check();
     }
     return 0;

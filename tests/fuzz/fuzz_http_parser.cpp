@@ -14,6 +14,9 @@
 // respects the limits and our header checks; an error is sticky (later execute() calls report
 // the same error, consume nothing and call nothing); both runs see the same events and the same
 // error (a limit error may stand in for another one, see the end of LLVMFuzzerTestOneInput).
+#include "core/config.hpp"
+#include "core/http_parser.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -22,14 +25,11 @@
 #include <string_view>
 #include <vector>
 
-#include "core/config.hpp"
-#include "core/http_parser.hpp"
-
 namespace {
 
 using cppuvicorn::core::HttpParser;
-using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::ParseResult;
+using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::RequestHead;
 using cppuvicorn::core::ServerConfig;
 
@@ -37,9 +37,9 @@ using cppuvicorn::core::ServerConfig;
     std::fprintf(stderr, "fuzz_http_parser: invariant violated: %s\n", what);
     std::abort();
 }
-#define FUZZ_CHECK(cond)                  \
-    do {                                  \
-        if (!(cond)) violated(#cond);     \
+#define FUZZ_CHECK(cond)              \
+    do {                              \
+        if (!(cond)) violated(#cond); \
     } while (0)
 
 ServerConfig make_config(std::uint8_t flags) {
@@ -64,8 +64,21 @@ ServerConfig make_config(std::uint8_t flags) {
 bool is_tchar_lower(unsigned char c) {
     if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
     switch (c) {
-        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-        case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '.':
+        case '^':
+        case '_':
+        case '`':
+        case '|':
+        case '~':
             return true;
         default:
             return false;
@@ -73,7 +86,7 @@ bool is_tchar_lower(unsigned char c) {
 }
 
 class Transcript final : public ParserSink {
-public:
+  public:
     Transcript(const ServerConfig& config, bool pause) : config_(config), pause_(pause) {}
 
     void on_head(const RequestHead& head) override {
@@ -93,8 +106,10 @@ public:
         if (head.expect_continue) e += " 100";
         for (const auto& h : head.headers) {
             FUZZ_CHECK(!h.name.empty());
-            for (unsigned char c : h.name) FUZZ_CHECK(is_tchar_lower(c));
-            for (unsigned char c : h.value) FUZZ_CHECK((c >= 0x20 || c == '\t') && c != 0x7f);
+            for (unsigned char c : h.name)
+                FUZZ_CHECK(is_tchar_lower(c));
+            for (unsigned char c : h.value)
+                FUZZ_CHECK((c >= 0x20 || c == '\t') && c != 0x7f);
             if (!h.value.empty()) {
                 FUZZ_CHECK(h.value.back() != ' ' && h.value.back() != '\t');
             }
@@ -122,7 +137,7 @@ public:
     std::vector<std::string> events;
     bool frozen = false;  // set after an error: no more sink calls allowed
 
-private:
+  private:
     const ServerConfig& config_;
     bool pause_;
     bool in_head_done_ = false;
@@ -155,8 +170,7 @@ Outcome run(const ServerConfig& config, bool pause, const std::vector<std::strin
                 continue;
             }
             // kError
-            FUZZ_CHECK(r.status == 400 || r.status == 414 || r.status == 431 ||
-                       r.status == 505);
+            FUZZ_CHECK(r.status == 400 || r.status == 414 || r.status == 431 || r.status == 505);
             FUZZ_CHECK(!r.detail.empty());
             out.status = r.status;
             out.detail = std::string(r.detail);
@@ -195,7 +209,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     std::vector<std::string_view> pieces;
     if ((flags & 8) != 0) {
-        for (std::size_t i = 0; i < stream.size(); ++i) pieces.push_back(stream.substr(i, 1));
+        for (std::size_t i = 0; i < stream.size(); ++i)
+            pieces.push_back(stream.substr(i, 1));
     } else {
         std::size_t at = offset % (stream.size() + 1);
         pieces = {stream.substr(0, at), stream.substr(at)};

@@ -17,6 +17,8 @@
 //   2 negotiate     byte 1: bits 0-2 server bits (8 + n), bits 3-5 client bits (8 + n);
 //                   rest: a Sec-WebSocket-Extensions value. An accepted offer has sane window
 //                   bits, a clean response header value, and a working WsDeflate.
+#include "core/websocket_codec.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -24,8 +26,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "core/websocket_codec.hpp"
 
 namespace {
 
@@ -35,9 +35,9 @@ using namespace cppuvicorn::core;
     std::fprintf(stderr, "fuzz_websocket_codec: invariant violated: %s\n", what);
     std::abort();
 }
-#define FUZZ_CHECK(cond)                  \
-    do {                                  \
-        if (!(cond)) violated(#cond);     \
+#define FUZZ_CHECK(cond)              \
+    do {                              \
+        if (!(cond)) violated(#cond); \
     } while (0)
 
 // xorshift32: split sizes from a one-byte seed.
@@ -219,7 +219,8 @@ void fuzz_negotiate(const std::uint8_t* data, std::size_t size) {
     FUZZ_CHECK(p->server_max_window_bits <= server_bits);
     FUZZ_CHECK(p->client_max_window_bits >= 8 && p->client_max_window_bits <= 15);
     FUZZ_CHECK(p->response.rfind("permessage-deflate", 0) == 0);
-    for (unsigned char c : p->response) FUZZ_CHECK(c >= 0x20 && c < 0x7f);
+    for (unsigned char c : p->response)
+        FUZZ_CHECK(c >= 0x20 && c < 0x7f);
     // The offer accepted must be one the client made.
     FUZZ_CHECK(offers.find("permessage-deflate") != std::string_view::npos);
     WsDeflate z(*p);

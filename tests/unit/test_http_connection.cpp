@@ -6,11 +6,10 @@
 
 #include <catch2/catch.hpp>
 
-#include <string>
-#include <vector>
-
 #include "tests/unit/support/fake_transport.hpp"
 #include "tests/unit/support/recording_handler.hpp"
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -51,9 +50,10 @@ std::string ok_closing(const std::string& body) {
 }
 
 std::string simple(const std::string& status_line, const std::string& body) {
-    return status_line + "\r\nserver: cppuvicorn\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                         "content-length: " + std::to_string(body.size()) +
-           "\r\nconnection: close\r\n\r\n" + body;
+    return status_line +
+           "\r\nserver: cppuvicorn\r\ncontent-type: text/plain; charset=utf-8\r\n"
+           "content-length: " +
+           std::to_string(body.size()) + "\r\nconnection: close\r\n\r\n" + body;
 }
 
 const std::string kGet1 = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -81,8 +81,8 @@ TEST_CASE("HttpConnection: a keep-alive GET is answered and the connection stays
     REQUIRE(rig.wire.written() == ok("hello") + ok("hello"));
     CHECK_FALSE(rig.wire.closed());
     REQUIRE(rig.app.heads.size() == 2);
-    CHECK(rig.app.heads[1].headers == std::vector<std::pair<std::string, std::string>>{
-                                          {"host", "a"}});
+    CHECK(rig.app.heads[1].headers ==
+          std::vector<std::pair<std::string, std::string>>{{"host", "a"}});
 }
 
 TEST_CASE("HttpConnection: pipelined requests are answered in order, one at a time",
@@ -107,9 +107,9 @@ TEST_CASE("HttpConnection: pipelined requests are answered in order, one at a ti
     rig.wire.end_of_turn();
     rig.app.respond(Response::text("three"));
     rig.wire.end_of_turn();
-    REQUIRE(rig.app.events ==
-            Events{"head GET /1", "body_complete", "release", "head GET /2", "body_complete",
-                   "release", "head GET /3", "body_complete", "release"});
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "head GET /2",
+                                     "body_complete", "release", "head GET /3", "body_complete",
+                                     "release"});
     REQUIRE(rig.wire.written() == ok("one") + ok("two") + ok("three"));
     CHECK_FALSE(rig.wire.resume_scheduled());
     CHECK_FALSE(rig.wire.closed());
@@ -183,8 +183,7 @@ TEST_CASE("HttpConnection: pipelined bytes over read_high_water pause reading un
 TEST_CASE("HttpConnection: 100 Continue is written only when the app wants the body",
           "[http_connection]") {
     Rig rig;
-    const std::string head =
-        "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    const std::string head = "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
     const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
     SECTION("want_body sends it once, and the connection is reused") {
@@ -236,8 +235,7 @@ TEST_CASE("HttpConnection: malformed input gets a 400 and the connection closes"
     REQUIRE(rig.app.events == Events{"error 400", "closed"});
 }
 
-TEST_CASE("HttpConnection: limit errors answer with their status and reason",
-          "[http_connection]") {
+TEST_CASE("HttpConnection: limit errors answer with their status and reason", "[http_connection]") {
     Rig rig;
     rig.config.max_header_count = 2;
     rig.config.max_url_size = 8;
@@ -308,8 +306,7 @@ TEST_CASE("HttpConnection: a response completed before the body was read discard
     CHECK_FALSE(rig.wire.closed());
 }
 
-TEST_CASE("HttpConnection: write_body checks the response's content-length",
-          "[http_connection]") {
+TEST_CASE("HttpConnection: write_body checks the response's content-length", "[http_connection]") {
     Rig rig;
     rig.wire.deliver(kGet1);
     REQUIRE(rig.app.write("x", false) == WriteResult::kNotStarted);
@@ -545,7 +542,7 @@ TEST_CASE("HttpConnection: an upgrade request answered over HTTP/1.1 is followed
     REQUIRE(rig.app.heads.at(0).upgrade);
     rig.app.respond(Response::text("no websockets here"));
     rig.wire.end_of_turn();
-    REQUIRE(rig.app.events == Events{"head GET /ws", "body_complete", "release", "head GET /2",
-                                     "body_complete"});
+    REQUIRE(rig.app.events ==
+            Events{"head GET /ws", "body_complete", "release", "head GET /2", "body_complete"});
     REQUIRE(rig.wire.written() == ok("no websockets here"));
 }

@@ -14,8 +14,8 @@
 namespace {
 
 using cppuvicorn::core::HttpParser;
-using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::ParseResult;
+using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::RequestHead;
 using cppuvicorn::core::ServerConfig;
 using Trace = std::vector<std::string>;
@@ -36,7 +36,7 @@ std::string render(const RequestHead& h) {
 // Records parser events one line each; consecutive body chunks are joined, so a trace does
 // not depend on where the input was split. Pauses after every message, as HttpConnection does.
 class TraceSink final : public ParserSink {
-public:
+  public:
     Trace trace;
 
     void on_head(const RequestHead& head) override {
@@ -56,7 +56,7 @@ public:
         return kPause;
     }
 
-private:
+  private:
     const RequestHead* head_ = nullptr;
     std::string head_text_;
 };
@@ -117,11 +117,12 @@ std::vector<Golden> goldens() {
         {"chunked body with chunk extensions",
          "POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
          "5;name=value\r\nhello\r\n6;a;b=\"c\"\r\n world\r\n0\r\n\r\n",
-         {"head POST /u HTTP/1.1 keep-alive body\n  transfer-encoding: chunked",
-          "body hello world", "end"}},
+         {"head POST /u HTTP/1.1 keep-alive body\n  transfer-encoding: chunked", "body hello world",
+          "end"}},
         {"chunked body with a trailer larger than the head buffer",
          "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-         "3\r\nabc\r\n0\r\nX-Trailer: " + std::string(3000, 't') + "\r\n\r\n",
+         "3\r\nabc\r\n0\r\nX-Trailer: " +
+             std::string(3000, 't') + "\r\n\r\n",
          {"head POST / HTTP/1.1 keep-alive body\n  host: a\n  transfer-encoding: chunked",
           "body abc", "end"}},
         {"content-length body",
@@ -185,7 +186,8 @@ std::vector<Refusal> refusals() {
     return {
         {"content-length together with transfer-encoding",
          "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-         "0\r\n\r\n" + std::string(kNext),
+         "0\r\n\r\n" +
+             std::string(kNext),
          {"error 400"}},
         {"two different content-lengths",
          "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello" +
@@ -210,12 +212,8 @@ std::vector<Refusal> refusals() {
         {"bare CR inside a header value",
          "GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n" + std::string(kNext),
          {"error 400"}},
-        {"an unknown method",
-         "FOO / HTTP/1.1\r\n\r\n" + std::string(kNext),
-         {"error 400"}},
-        {"a lowercase method",
-         "get / HTTP/1.1\r\n\r\n" + std::string(kNext),
-         {"error 400"}},
+        {"an unknown method", "FOO / HTTP/1.1\r\n\r\n" + std::string(kNext), {"error 400"}},
+        {"a lowercase method", "get / HTTP/1.1\r\n\r\n" + std::string(kNext), {"error 400"}},
         {"HTTP/2.0 in an HTTP/1 request line",
          "GET / HTTP/2.0\r\n\r\n" + std::string(kNext),
          {"error 505"}},
@@ -285,8 +283,7 @@ TEST_CASE("HttpParser: the error detail says what was wrong", "[http_parser]") {
     CHECK(sink.trace.empty());
 }
 
-TEST_CASE("HttpParser: a paused parser stops exactly at the end of the message",
-          "[http_parser]") {
+TEST_CASE("HttpParser: a paused parser stops exactly at the end of the message", "[http_parser]") {
     TraceSink sink;
     const ServerConfig config;
     HttpParser parser{sink, config};  // keeps a reference to the config

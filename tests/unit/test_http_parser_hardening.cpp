@@ -15,13 +15,13 @@
 namespace {
 
 using cppuvicorn::core::HttpParser;
-using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::ParseResult;
+using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::RequestHead;
 using cppuvicorn::core::ServerConfig;
 
 class CountingSink final : public ParserSink {
-public:
+  public:
     int heads = 0;
     int bodies = 0;
     int ends = 0;
@@ -55,8 +55,8 @@ TEST_CASE("HttpParser: an error is sticky, consumes nothing and calls nothing af
     const std::string detail(r.detail);
 
     std::string later = "GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
-    for (std::string_view again : {std::string_view(later), std::string_view(first),
-                                   std::string_view()}) {
+    for (std::string_view again :
+         {std::string_view(later), std::string_view(first), std::string_view()}) {
         ParseResult r2 = parser.execute(again);
         CHECK(r2.kind == ParseResult::Kind::kError);
         CHECK(r2.status == 400);

@@ -53,8 +53,7 @@ TEST_CASE("ResponseWriter: a content-length response is framed by its length",
     CHECK(h.state.keep_alive);
 }
 
-TEST_CASE("ResponseWriter: an HTTP/1.1 response without a length is chunked",
-          "[response_writer]") {
+TEST_CASE("ResponseWriter: an HTTP/1.1 response without a length is chunked", "[response_writer]") {
     SECTION("transfer-encoding is added after the app's headers") {
         Head h = write_head(200, {{"content-type", "text/plain"}});
         REQUIRE(h.bytes == "HTTP/1.1 200 OK\r\n" + kHeadStart +
@@ -171,8 +170,7 @@ TEST_CASE("ResponseWriter: without date and default headers the head is only the
     std::string out;
     ResponseState state;
     std::vector<Header> headers{{"content-length", "0"}};
-    REQUIRE(write_response_head(out, lines, 404, headers, {}, "", "", state) ==
-            HeaderError::kNone);
+    REQUIRE(write_response_head(out, lines, 404, headers, {}, "", "", state) == HeaderError::kNone);
     REQUIRE(out == "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
 }
 

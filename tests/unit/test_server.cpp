@@ -5,25 +5,22 @@
 #include "core/http_connection.hpp"
 #include "core/server.hpp"
 
+#include <catch2/catch.hpp>
 #include <uv.h>
 
-#include <catch2/catch.hpp>
-
+#include "tests/unit/support/recording_handler.hpp"
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <fcntl.h>
 #include <memory>
+#include <netinet/in.h>
 #include <string>
 #include <string_view>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <vector>
-
-#include "tests/unit/support/recording_handler.hpp"
 
 namespace {
 
@@ -67,7 +64,8 @@ struct LoopRig {
         server->close_all();
         CHECK(spin_until([&] { return server->connection_count() == 0; }));
         server.reset();
-        for (int i = 0; i < 1000 && uv_loop_alive(&loop) != 0; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+        for (int i = 0; i < 1000 && uv_loop_alive(&loop) != 0; ++i)
+            uv_run(&loop, UV_RUN_NOWAIT);
         int rc = uv_loop_close(&loop);
         if (rc != 0) uv_print_all_handles(&loop, stderr);
         CHECK(rc == 0);
@@ -88,7 +86,7 @@ struct LoopRig {
 // A blocking connect (the kernel completes it from the listen backlog), then non-blocking I/O
 // so the test thread can keep running the loop.
 class Client {
-public:
+  public:
     explicit Client(int port) {
         fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
         REQUIRE(fd_ >= 0);
@@ -134,7 +132,7 @@ public:
     std::string received;
     bool eof = false;
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -287,8 +285,9 @@ TEST_CASE("Server: shutdown closes idle connections now and busy ones after thei
         busy.pump();
         return busy.eof;
     }));
-    CHECK(busy.received == "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: 4\r\n"
-                           "connection: close\r\n\r\nlast");
+    CHECK(busy.received ==
+          "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: 4\r\n"
+          "connection: close\r\n\r\nlast");
     REQUIRE(rig.spin_until([&] { return rig.server->connection_count() == 0; }));
 }
 

@@ -4,21 +4,20 @@
 // frame with its close code and websockets' reason text, encoder bytes, permessage-deflate
 // round trips and negotiation, the handshake verdicts, and the session's closing handshake,
 // keepalive and flow control. No sockets: FakeTransport stands in for the wire.
+#include "core/http_connection.hpp"
 #include "core/websocket_codec.hpp"
+#include "core/websocket_connection.hpp"
 
 #include <catch2/catch.hpp>
 #include <zlib.h>
 
+#include "tests/unit/support/fake_transport.hpp"
 #include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "core/http_connection.hpp"
-#include "core/websocket_connection.hpp"
-#include "tests/unit/support/fake_transport.hpp"
 
 namespace {
 
@@ -42,10 +41,12 @@ std::string masked(int opcode, std::string_view payload, bool fin = true, int rs
         f.push_back(static_cast<char>(n));
     } else {
         f.push_back(static_cast<char>(0x80 | 127));
-        for (int i = 7; i >= 0; --i) f.push_back(static_cast<char>(n >> (8 * i)));
+        for (int i = 7; i >= 0; --i)
+            f.push_back(static_cast<char>(n >> (8 * i)));
     }
     f.append(mask);
-    for (std::size_t i = 0; i < n; ++i) f.push_back(static_cast<char>(payload[i] ^ mask[i & 3]));
+    for (std::size_t i = 0; i < n; ++i)
+        f.push_back(static_cast<char>(payload[i] ^ mask[i & 3]));
     return f;
 }
 
@@ -93,7 +94,7 @@ std::vector<Decoded> decode(const std::vector<std::string>& parts, int* error = 
 // Raw deflate as a client's compressor: Python zlib's compress() + flush(Z_SYNC_FLUSH), minus
 // the 00 00 ff ff tail when `fin` (RFC 7692 §7.2.1).
 class ClientDeflate {
-public:
+  public:
     explicit ClientDeflate(int bits = 15) {
         deflateInit2(&z_, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -bits, 8, Z_DEFAULT_STRATEGY);
     }
@@ -116,13 +117,13 @@ public:
     }
     void reset() { deflateReset(&z_); }
 
-private:
+  private:
     z_stream z_{};
 };
 
 // A client's inflater for the server's compressed messages.
 class ClientInflate {
-public:
+  public:
     ClientInflate() { inflateInit2(&z_, -15); }
     ~ClientInflate() { inflateEnd(&z_); }
     // Returns false on a zlib error (what a client reports as "decompression failed").
@@ -142,7 +143,7 @@ public:
         return true;
     }
 
-private:
+  private:
     z_stream z_{};
 };
 
@@ -156,8 +157,8 @@ TEST_CASE("websocket_accept_key: the RFC 6455 §1.3 example", "[websocket]") {
 }
 
 TEST_CASE("valid_close_code: websockets' EXTERNAL_CLOSE_CODES and 3000-4999", "[websocket]") {
-    for (int code : {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000,
-                     4999}) {
+    for (int code :
+         {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999}) {
         CAPTURE(code);
         REQUIRE(valid_close_code(code));
     }
@@ -180,12 +181,12 @@ TEST_CASE("utf8_error: CPython's reason and position", "[websocket]") {
         {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", nullptr, 0},
         {"ab\xff", "invalid start byte", 2},
         {"\x80", "invalid start byte", 0},
-        {"\xc0\xaf", "invalid start byte", 0},       // overlong lead byte
+        {"\xc0\xaf", "invalid start byte", 0},  // overlong lead byte
         {"ab\xc3\x28", "invalid continuation byte", 2},
         {"ab\xe2\x82", "unexpected end of data", 2},
         {"\xe2\x82\x28", "invalid continuation byte", 0},
-        {"\xe0\x80\x80", "invalid continuation byte", 0},  // overlong 3-byte form
-        {"\xed\xa0\x80", "invalid continuation byte", 0},  // UTF-16 surrogate
+        {"\xe0\x80\x80", "invalid continuation byte", 0},      // overlong 3-byte form
+        {"\xed\xa0\x80", "invalid continuation byte", 0},      // UTF-16 surrogate
         {"\xf4\x90\x80\x80", "invalid continuation byte", 0},  // above U+10FFFF
         {"\xf5\x80\x80\x80", "invalid start byte", 0},
         {"x\xf0\x9f\x98", "unexpected end of data", 1},
@@ -216,9 +217,14 @@ TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point",
                                masked(0, "ed") + masked(2, big) + masked(2, "") +
                                masked(8, close_payload(1000, "bye"));
     const std::vector<Decoded> expected = {
-        {true, false, 1, "hello"}, {true, false, 2, medium}, {true, false, 9, "ping"},
-        {false, false, 1, "frag"}, {false, false, 0, "ment"}, {true, false, 0, "ed"},
-        {true, false, 2, big},     {true, false, 2, ""},
+        {true, false, 1, "hello"},
+        {true, false, 2, medium},
+        {true, false, 9, "ping"},
+        {false, false, 1, "frag"},
+        {false, false, 0, "ment"},
+        {true, false, 0, "ed"},
+        {true, false, 2, big},
+        {true, false, 2, ""},
         {true, false, 8, close_payload(1000, "bye")},
     };
     REQUIRE(decode({stream}) == expected);
@@ -230,8 +236,8 @@ TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point",
 }
 
 TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[websocket]") {
-    const std::string stream = masked(1, "abc") + masked(2, std::string(200, 'x')) +
-                               masked(10, "") + masked(8, "");
+    const std::string stream =
+        masked(1, "abc") + masked(2, std::string(200, 'x')) + masked(10, "") + masked(8, "");
     const auto expected = decode({stream});
     REQUIRE(expected.size() == 4);
     for (std::size_t split = 0; split <= stream.size(); ++split) {
@@ -239,7 +245,8 @@ TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[
         REQUIRE(decode({stream.substr(0, split), stream.substr(split)}) == expected);
     }
     std::vector<std::string> bytes;
-    for (char c : stream) bytes.emplace_back(1, c);
+    for (char c : stream)
+        bytes.emplace_back(1, c);
     REQUIRE(decode(bytes) == expected);
 }
 
@@ -265,19 +272,18 @@ TEST_CASE("WsDecoder: invalid frames give websockets' close code and reason", "[
         {"RSV2", masked(1, "x", true, 2), 1002, "reserved bits must be 0"},
         {"RSV3", masked(1, "x", true, 1), 1002, "reserved bits must be 0"},
         {"RSV1 without deflate", masked(1, "x", true, 4), 1002, "reserved bits must be 0"},
-        {"RSV1 on a control frame", masked(9, "x", true, 4), 1002, "reserved bits must be 0",
-         true},
+        {"RSV1 on a control frame", masked(9, "x", true, 4), 1002, "reserved bits must be 0", true},
         {"ping of 126 bytes", masked(9, std::string(126, 'p')), 1002, "control frame too long"},
         {"close of 126 bytes", masked(8, std::string(126, 'c')), 1002, "control frame too long"},
         {"fragmented ping", masked(9, "p", false), 1002, "fragmented control frame"},
         {"fragmented close", masked(8, "", false), 1002, "fragmented control frame"},
-        {"over the size limit", masked(2, std::string(11, 'x')), 1009, "frame exceeds limit",
-         false, 10},
+        {"over the size limit", masked(2, std::string(11, 'x')), 1009, "frame exceeds limit", false,
+         10},
         // The limit is checked from the length field: the payload need not arrive.
         {"64-bit length over the limit", len127, 1009, "frame exceeds limit"},
         // The size limit comes before the control-frame checks (websockets' order).
-        {"long ping over the limit", masked(9, std::string(126, 'p')), 1009,
-         "frame exceeds limit", false, 100},
+        {"long ping over the limit", masked(9, std::string(126, 'p')), 1009, "frame exceeds limit",
+         false, 100},
     };
     for (const auto& c : cases) {
         CAPTURE(c.name);
@@ -301,8 +307,8 @@ TEST_CASE("WsDecoder: the too-big length is reported for the close reason", "[we
 
 TEST_CASE("WsDecoder: RSV1 passes on data frames when permessage-deflate allows it",
           "[websocket]") {
-    auto frames = decode({masked(1, "x", true, 4), masked(0, "y", true, 4)}, nullptr, nullptr,
-                         1 << 20, true);
+    auto frames =
+        decode({masked(1, "x", true, 4), masked(0, "y", true, 4)}, nullptr, nullptr, 1 << 20, true);
     REQUIRE(frames == std::vector<Decoded>{{true, true, 1, "x"}, {true, true, 0, "y"}});
 }
 
@@ -349,7 +355,9 @@ TEST_CASE("ws_encode_frame: byte-exact headers for the three length forms", "[we
 TEST_CASE("ws_encode_close: code and reason, 1005 as an empty frame", "[websocket]") {
     std::string out;
     ws_encode_close(out, 1000, "bye");
-    REQUIRE(out == "\x88\x05\x03\xe8" "bye"s);
+    REQUIRE(out ==
+            "\x88\x05\x03\xe8"
+            "bye"s);
     out.clear();
     ws_encode_close(out, 1012, "");
     REQUIRE(out == "\x88\x02\x03\xf4"s);
@@ -364,15 +372,13 @@ TEST_CASE("ws_encode_close: code and reason, 1005 as an empty frame", "[websocke
 // ---------------------------------------------------------------------------------------------
 // permessage-deflate
 
-TEST_CASE("negotiate_permessage_deflate: websockets' answers with 12-bit windows",
-          "[websocket]") {
+TEST_CASE("negotiate_permessage_deflate: websockets' answers with 12-bit windows", "[websocket]") {
     struct Case {
         const char* offer;
         const char* answer;  // nullptr: declined
     };
     const std::vector<Case> cases = {
-        {"permessage-deflate",
-         "permessage-deflate; server_max_window_bits=12"},
+        {"permessage-deflate", "permessage-deflate; server_max_window_bits=12"},
         {"permessage-deflate; client_max_window_bits",
          "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"},
         {"permessage-deflate; client_max_window_bits=10",
@@ -443,16 +449,17 @@ TEST_CASE("WsDeflate: client messages inflate, whole or frame by frame", "[webso
                                             frames) == WsDeflate::Inflate::kOk);
             REQUIRE(server.decompress_frame(client.compress("", false), false, 1 << 20, frames) ==
                     WsDeflate::Inflate::kOk);
-            REQUIRE(server.decompress_frame(client.compress("def", true), true, 1 << 20,
-                                            frames) == WsDeflate::Inflate::kOk);
+            REQUIRE(server.decompress_frame(client.compress("def", true), true, 1 << 20, frames) ==
+                    WsDeflate::Inflate::kOk);
             REQUIRE(frames == "abcdef");
         }
     }
 }
 
-TEST_CASE("WsDeflate: without client context takeover, a message not depending on the last "
-          "one is required",
-          "[websocket]") {
+TEST_CASE(
+    "WsDeflate: without client context takeover, a message not depending on the last "
+    "one is required",
+    "[websocket]") {
     // A client that keeps its context while the server resets would send back-references the
     // server cannot resolve: the second message fails instead of decoding garbage.
     DeflateParams params;
@@ -462,8 +469,7 @@ TEST_CASE("WsDeflate: without client context takeover, a message not depending o
     std::string msg(3000, 'q');
     std::string out;
     REQUIRE(server.decompress(client.compress(msg), 1 << 20, out) == WsDeflate::Inflate::kOk);
-    REQUIRE(server.decompress(client.compress(msg), 1 << 20, out) ==
-            WsDeflate::Inflate::kError);
+    REQUIRE(server.decompress(client.compress(msg), 1 << 20, out) == WsDeflate::Inflate::kError);
 }
 
 TEST_CASE("WsDeflate: a decompression bomb stops at the limit", "[websocket]") {
@@ -530,7 +536,8 @@ struct HeadBuilder {
         h.method = method;
         h.target = "/ws";
         h.upgrade = true;
-        for (const auto& [n, v] : headers) h.headers.push_back({n, v});
+        for (const auto& [n, v] : headers)
+            h.headers.push_back({n, v});
         return h;
     }
 };
@@ -640,7 +647,7 @@ namespace {
 
 // ConnectionEvents + WebSocketHandler that records what core reports and lets the test answer.
 class WsRecorder final : public ConnectionEvents, public WebSocketHandler {
-public:
+  public:
     std::vector<std::string> events;
     HttpConnection* conn = nullptr;
     bool accept_on_connect = true;
@@ -672,7 +679,8 @@ public:
         events.push_back("connect");
         if (accept_on_connect) {
             std::vector<Header> hs;
-            for (const auto& [n, v] : accept_headers) hs.push_back({n, v});
+            for (const auto& [n, v] : accept_headers)
+                hs.push_back({n, v});
             ws().accept(hs, subprotocol);
         }
     }
@@ -777,8 +785,7 @@ TEST_CASE("WebSocketConnection: frames behind the handshake wait for the accept"
     REQUIRE(rig.wire.reading());
 }
 
-TEST_CASE("WebSocketConnection: messages, fragments, pings and the client's close",
-          "[websocket]") {
+TEST_CASE("WebSocketConnection: messages, fragments, pings and the client's close", "[websocket]") {
     WsRig rig;
     REQUIRE(rig.open() == k101);
     rig.wire.deliver(masked(1, "héllo") + masked(2, "ab", false) + masked(9, "p") +
@@ -847,8 +854,7 @@ TEST_CASE("WebSocketConnection: protocol failures send the close code and reason
     }
 }
 
-TEST_CASE("WebSocketConnection: valid UTF-8 split across fragments is one message",
-          "[websocket]") {
+TEST_CASE("WebSocketConnection: valid UTF-8 split across fragments is one message", "[websocket]") {
     WsRig rig;
     rig.open();
     rig.wire.deliver(masked(1, "ok\xe2\x82", false) + masked(0, "\xac!"));
@@ -865,8 +871,9 @@ TEST_CASE("WebSocketConnection: --ws-max-size, unfragmented and fragmented", "[w
     rig.wire.deliver(masked(2, std::string(600, 'x'), false) + masked(0, std::string(600, 'x')));
     rig.turn();
     REQUIRE(rig.wire.take_written() ==
-            server_close(1009, "frame with 600 bytes after reading 600 bytes exceeds limit of "
-                               "1000 bytes"));
+            server_close(1009,
+                         "frame with 600 bytes after reading 600 bytes exceeds limit of "
+                         "1000 bytes"));
 }
 
 TEST_CASE("WebSocketConnection: --ws-max-size applies after decompression", "[websocket]") {
@@ -995,22 +1002,25 @@ TEST_CASE("WebSocketConnection: shutdown sends 1012, or 500 before the accept", 
     pending.conn.shutdown();
     std::string out = pending.wire.take_written();
     REQUIRE(out.starts_with("HTTP/1.1 500 Internal Server Error\r\nDate: "));
-    REQUIRE(out.ends_with("\r\nConnection: close\r\nContent-Length: 21\r\n"
-                          "Content-Type: text/plain; charset=utf-8\r\n\r\nInternal Server Error"));
+    REQUIRE(
+        out.ends_with("\r\nConnection: close\r\nContent-Length: 21\r\n"
+                      "Content-Type: text/plain; charset=utf-8\r\n\r\nInternal Server Error"));
     REQUIRE(pending.app.events.back() == "rejected 500");
 }
 
 TEST_CASE("WebSocketConnection: an invalid handshake is answered without the application",
           "[websocket]") {
     WsRig rig;
-    rig.wire.deliver("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n");
+    rig.wire.deliver(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n");
     rig.turn();
     std::string out = rig.wire.take_written();
     REQUIRE(out.starts_with("HTTP/1.1 400 Bad Request\r\nDate: "));
-    REQUIRE(out.ends_with("Content-Length: 73\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-                          "Failed to open a WebSocket connection: missing Sec-WebSocket-Key "
-                          "header.\n"));
+    REQUIRE(
+        out.ends_with("Content-Length: 73\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                      "Failed to open a WebSocket connection: missing Sec-WebSocket-Key "
+                      "header.\n"));
     REQUIRE(rig.app.events == Events{"websocket", "rejected 400", "release", "closed"});
 }
 
@@ -1021,8 +1031,9 @@ TEST_CASE("WebSocketConnection: a denial response keeps the app's headers first"
     std::vector<Header> hs = {{"X-Denied", "1"}, {"content-type", "application/json"}};
     REQUIRE(rig.app.ws().respond(401, hs, "{}") == WriteResult::kOk);
     std::string out = rig.wire.take_written();
-    REQUIRE(out.starts_with("HTTP/1.1 401 Unauthorized\r\nX-Denied: 1\r\n"
-                            "content-type: application/json\r\nDate: "));
+    REQUIRE(
+        out.starts_with("HTTP/1.1 401 Unauthorized\r\nX-Denied: 1\r\n"
+                        "content-type: application/json\r\nDate: "));
     REQUIRE(out.ends_with("\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"));
     REQUIRE(rig.app.ws().accept({}, "") == WriteResult::kClosed);
     std::vector<Header> bad = {{"x", "a\r\nb"}};

@@ -18,7 +18,7 @@
 namespace cppuvicorn::test {
 
 class FakeTransport final : public core::Transport {
-public:
+  public:
     enum class Close : std::uint8_t { kNone, kGraceful, kNow };
 
     void attach(core::HttpConnection& conn) { conn_ = &conn; }
@@ -94,7 +94,7 @@ public:
     void schedule_resume() override { resume_scheduled_ = true; }
     std::uint64_t now_ms() const override { return clock_ms; }
 
-private:
+  private:
     core::HttpConnection& connection() {
         if (conn_ == nullptr) throw std::logic_error("FakeTransport is not attached");
         return *conn_;

@@ -42,7 +42,7 @@ struct Response {
 };
 
 class RecordingHandler final : public core::ConnectionEvents, public core::RequestHandler {
-public:
+  public:
     enum class Moment : std::uint8_t { kNever, kOnHead, kOnBodyComplete };
 
     // ---- scripting ----
@@ -62,7 +62,8 @@ public:
     // ---- answering the current request from the test ----
     core::WriteResult start(const Response& r) {
         std::vector<core::Header> hs;
-        for (const auto& [name, value] : r.headers) hs.push_back({name, value});
+        for (const auto& [name, value] : r.headers)
+            hs.push_back({name, value});
         return record(conn->start_response(r.status, hs));
     }
     core::WriteResult write(std::string_view data, bool more) {
@@ -82,7 +83,8 @@ public:
     bool active() const { return active_; }
     int count(std::string_view event) const {
         int n = 0;
-        for (const auto& e : events) n += e == event ? 1 : 0;
+        for (const auto& e : events)
+            n += e == event ? 1 : 0;
         return n;
     }
 
@@ -136,7 +138,7 @@ public:
         active_ = false;
     }
 
-private:
+  private:
     void check_active(const char* what) {
         if (!active_) events.push_back(std::string("BUG: ") + what + " without an active request");
     }
@@ -145,9 +147,11 @@ private:
         return r;
     }
     static RecordedHead copy(const core::RequestHead& h) {
-        RecordedHead r{std::string(h.method), std::string(h.target), {}, h.http_major,
-                       h.http_minor, h.keep_alive, h.expect_continue, h.upgrade, h.has_body};
-        for (const auto& [name, value] : h.headers) r.headers.emplace_back(name, value);
+        RecordedHead r{
+            std::string(h.method), std::string(h.target), {},        h.http_major, h.http_minor,
+            h.keep_alive,          h.expect_continue,     h.upgrade, h.has_body};
+        for (const auto& [name, value] : h.headers)
+            r.headers.emplace_back(name, value);
         return r;
     }
 
