@@ -305,32 +305,17 @@ void BridgeServer::on_protocol_error(core::HttpConnection&, int status,
 
 void BridgeServer::on_task_started(HttpCycle* c) {
     ++tasks_;
-    CycleLinks& l = http_cycle_links(c);
-    l.prev = nullptr;
-    l.next = live_;
-    if (live_ != nullptr) http_cycle_links(live_).prev = c;
-    live_ = c;
+    live_.push(c);
 }
 
 void BridgeServer::on_task_finished(HttpCycle* c) {
     --tasks_;
-    CycleLinks& l = http_cycle_links(c);
-    if (l.prev != nullptr) {
-        http_cycle_links(l.prev).next = l.next;
-    } else {
-        live_ = l.next;
-    }
-    if (l.next != nullptr) http_cycle_links(l.next).prev = l.prev;
-    l.prev = l.next = nullptr;
+    live_.remove(c);
 }
 
 void BridgeServer::cancel_tasks() {
-    std::vector<HttpCycle*> all;
-    for (HttpCycle* c = live_; c != nullptr; c = http_cycle_links(c).next)
-        all.push_back(c);
-    for (HttpCycle* c : all)
-        http_cycle_cancel(c);
-    cancel_ws_tasks();
+    live_.for_each(http_cycle_cancel);
+    live_ws_.for_each(ws_cycle_cancel);
 }
 
 PyObject* BridgeServer::create_future() {

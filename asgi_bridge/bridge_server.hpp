@@ -7,6 +7,7 @@
 #pragma once
 
 #include "asgi_bridge/http_cycle.hpp"
+#include "asgi_bridge/live_list.hpp"
 #include "asgi_bridge/scope.hpp"
 #include "asgi_bridge/websocket_cycle.hpp"
 #include "core/server.hpp"
@@ -89,7 +90,6 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* start_ws_task(PyObject* scope, PyObject* receive, PyObject* send);
     void on_ws_task_started(WsCycle* c);
     void on_ws_task_finished(WsCycle* c);
-    void cancel_ws_tasks();
     PyObject* error_logger() const { return error_log_; }
 
     void set_callbacks(PyObject* run_cb, PyObject* tick_cb);
@@ -127,8 +127,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* stashed_tb_ = nullptr;
     BridgeOptions options_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-    HttpCycle* live_ = nullptr;   // cycles whose task still runs
-    WsCycle* live_ws_ = nullptr;  // WebSocket cycles whose task still runs
+    LiveList<HttpCycle, CycleLinks, http_cycle_links> live_;  // tasks still running
+    LiveList<WsCycle, WsCycleLinks, ws_cycle_links> live_ws_;
     PyObject* run_asgi_ws_ = nullptr;
     PyObject* ws_asgi_template_ = nullptr;  // {"version": "3.0", "spec_version": "2.4"}
     PyObject* ws_scheme_ = nullptr;         // "ws" / "wss"

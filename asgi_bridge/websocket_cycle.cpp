@@ -1076,31 +1076,12 @@ PyObject* BridgeServer::start_ws_task(PyObject* scope, PyObject* receive, PyObje
 
 void BridgeServer::on_ws_task_started(WsCycle* c) {
     ++tasks_;
-    WsCycleLinks& l = ws_cycle_links(c);
-    l.prev = nullptr;
-    l.next = live_ws_;
-    if (live_ws_ != nullptr) ws_cycle_links(live_ws_).prev = c;
-    live_ws_ = c;
+    live_ws_.push(c);
 }
 
 void BridgeServer::on_ws_task_finished(WsCycle* c) {
     --tasks_;
-    WsCycleLinks& l = ws_cycle_links(c);
-    if (l.prev != nullptr) {
-        ws_cycle_links(l.prev).next = l.next;
-    } else {
-        live_ws_ = l.next;
-    }
-    if (l.next != nullptr) ws_cycle_links(l.next).prev = l.prev;
-    l.prev = l.next = nullptr;
-}
-
-void BridgeServer::cancel_ws_tasks() {
-    std::vector<WsCycle*> all;
-    for (WsCycle* c = live_ws_; c != nullptr; c = ws_cycle_links(c).next)
-        all.push_back(c);
-    for (WsCycle* c : all)
-        ws_cycle_cancel(c);
+    live_ws_.remove(c);
 }
 
 // ------------------------------------------------------------------------------------------
