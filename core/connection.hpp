@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace cppuvicorn::core {
 
@@ -29,6 +30,7 @@ class TcpConnection final : public Transport {
     std::string& out() override { return out_; }
     void flush() override;
     void schedule_flush() override;
+    void write_direct(std::string_view data) override;
     std::size_t buffered() const override { return out_.size() + inflight_.size(); }
     void pause_reading() override;
     void resume_reading() override;
