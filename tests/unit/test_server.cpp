@@ -365,11 +365,12 @@ TEST_CASE("Server: large and small body writes keep their order on the wire", "[
     client.send(kGet1);
     REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 1; }));
 
-    const std::vector<std::size_t> sizes = {100,     20000, 7,     1 << 20, 16383,
-                                            16384,   300,   3 << 20, 1,     65536};
+    const std::vector<std::size_t> sizes = {100,   20000, 7,       1 << 20, 16383,
+                                            16384, 300,   3 << 20, 1,       65536};
     std::string expected;
     std::size_t total = 0;
-    for (std::size_t s : sizes) total += s;
+    for (std::size_t s : sizes)
+        total += s;
     REQUIRE(rig.app.start({200, {{"content-length", std::to_string(total)}}, ""}) ==
             WriteResult::kOk);
     int waits = 0;
@@ -389,8 +390,9 @@ TEST_CASE("Server: large and small body writes keep their order on the wire", "[
             REQUIRE(r == WriteResult::kOk);
         }
     }
-    const std::string head = "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: " +
-                             std::to_string(total) + "\r\n\r\n";
+    const std::string head =
+        "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: " + std::to_string(total) +
+        "\r\n\r\n";
     REQUIRE(rig.spin_until([&] {
         client.pump();
         return client.received.size() >= head.size() + total;
