@@ -177,6 +177,27 @@ def host_path(image: Image, container_path: str) -> Path:
     raise KeyError(f"no COPY puts a file at {container_path}")
 
 
+STEPS = "cppuvicorn-steps"  # docker/steps.sh, as the Dockerfile COPYs it
+# What a RUN line may do besides calling the steps script: image housekeeping only.
+HOUSEKEEPING = [re.compile(r"rm -rf /var/lib/apt/lists/\*"), re.compile(r"useradd( --?[\w-]+(=| )?\S*)* \w+")]
+
+
+def run_commands(run_line: str) -> tuple[list[str], list[list[str]]]:
+    """A RUN line's --mount options and its `&&`-separated commands (argv lists); fails on a
+    command that is neither a steps-script call nor housekeeping, so no build step can live
+    outside docker/steps.sh."""
+    words = shlex.split(run_line)
+    mounts = [w for w in words if w.startswith("--mount=")]
+    commands = []
+    for command in " ".join(w for w in words if not w.startswith("--mount=")).split(" && "):
+        argv = shlex.split(command)
+        if argv[0] == STEPS:
+            commands.append(argv)
+        else:
+            assert any(h.fullmatch(command) for h in HOUSEKEEPING), f"RUN does more than {STEPS}: {command}"
+    return mounts, commands
+
+
 # ----------------------------------------------------------------------------- nginx
 
 
@@ -285,3 +306,64 @@ class Nginx:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+
+
+# ----------------------------------------------------------------------------- build context
+
+
+def dockerignore_patterns(path: Path = REPO_DIR / ".dockerignore") -> list[re.Pattern]:
+    """The exclusion patterns of .dockerignore as regexes over context-relative paths (Docker's
+    syntax as far as this repository uses it: `*`, `?`, `**`; `!` exceptions are refused)."""
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith("!"), f".dockerignore: exceptions are not supported here: {line}"
+        pattern = line.strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex += "(?:.*/)?"
+                i += 3
+            elif pattern.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif pattern[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif pattern[i] == "?":
+                regex += "[^/]"
+                i += 1
+            else:
+                regex += re.escape(pattern[i])
+                i += 1
+        out.append(re.compile(regex))
+    return out
+
+
+def dockerignored(relpath: str, patterns: list[re.Pattern]) -> bool:
+    """Whether the build context leaves ``relpath`` out: it or one of its parents matches."""
+    parts = relpath.strip("/").split("/")
+    return any(p.fullmatch("/".join(parts[:n])) for n in range(1, len(parts) + 1) for p in patterns)
+
+
+def copy_build_context(dest: Path, src: Path = REPO_DIR) -> list[str]:
+    """Copy what `docker build .` would send as the context (.dockerignore applied) to ``dest``;
+    returns the relative paths copied."""
+    patterns = dockerignore_patterns(src / ".dockerignore")
+    copied = []
+    for root, dirs, files in os.walk(src):
+        rel_root = os.path.relpath(root, src)
+        rel_root = "" if rel_root == "." else rel_root + "/"
+        dirs[:] = [d for d in dirs if not dockerignored(rel_root + d, patterns)]
+        for name in files:
+            rel = rel_root + name
+            if dockerignored(rel, patterns):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(root, name), target, follow_symlinks=False)
+            copied.append(rel)
+    return copied

@@ -49,12 +49,17 @@ def compose_app():
 
 
 class Deployment:
-    def __init__(self, tmp_path_factory):
+    def __init__(self):
+        self.instances: list[ServerProcess] = []
+        self.nginx: Nginx | None = None
+
+    def start(self, tmp_path_factory) -> None:
         require_kind("cppuvicorn")
         nginx_binary()
         self.args, self.env, self.drain, self.graceful = compose_app()
         self.ports = [free_port(), free_port()]
-        self.instances = [self.start_instance(p) for p in self.ports]
+        for port in self.ports:
+            self.instances.append(self.start_instance(port))
         tmp = tmp_path_factory.mktemp("nginx")
         self.ca = trustme.CA()
         cert = self.ca.issue_cert("localhost", "127.0.0.1")
@@ -81,16 +86,20 @@ class Deployment:
                             timeout=10, **kwargs)
 
     def close(self) -> None:
-        self.nginx.stop()
+        if self.nginx is not None:
+            self.nginx.stop()
         for srv in self.instances:
             srv.kill()
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    d = Deployment(tmp_path_factory)
-    yield d
-    d.close()
+    d = Deployment()
+    try:
+        d.start(tmp_path_factory)
+        yield d
+    finally:
+        d.close()
 
 
 def test_requests_reach_both_instances_with_client_address_and_scheme(deployment):
