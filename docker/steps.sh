@@ -8,7 +8,8 @@
 #   steps.sh runtime-deps        only the shared libraries the wheel links against
 #   steps.sh install DIR         install cppuvicorn from DIR (no index), then check-libs
 #   steps.sh check-libs          every library the native parts load is present and comes
-#                                from RUNTIME_PACKAGES or the base image
+#                                from RUNTIME_PACKAGES or the base image, and each of
+#                                RUNTIME_PACKAGES is needed
 #   steps.sh example-deps        what the example app image adds (FastAPI)
 #
 # `python` is the interpreter being built for: the image's, or a venv's first on PATH.
@@ -41,6 +42,7 @@ check_libs() {
     pkgdir=$(python -c 'import os, cppuvicorn; print(os.path.dirname(cppuvicorn.__file__))')
     prefix=$(python -c 'import sys; print(sys.base_prefix)')
     status=0
+    used=" "
     for binary in "$pkgdir"/_core*.so "$pkgdir"/cppuvicorn-supervisor; do
         [ -e "$binary" ] || { echo "steps: $binary is missing from the installed package" >&2; status=1; continue; }
         if ldd "$binary" | grep -q "not found"; then
@@ -56,6 +58,7 @@ check_libs() {
             for candidate in "$lib" "$real" "/usr$lib" "/usr$real" "${lib#/usr}" "${real#/usr}"; do
                 owner=$(dpkg-query -S "$candidate" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$owner" ] && break
             done
+            used="$used$owner "
             case " $RUNTIME_PACKAGES $BASE_PACKAGES " in
                 *" $owner "*) ;;
                 *)
@@ -65,6 +68,12 @@ check_libs() {
                     ;;
             esac
         done
+    done
+    for p in $RUNTIME_PACKAGES; do  # and nothing more than they need
+        case "$used" in
+            *" $p "*) ;;
+            *) echo "steps: RUNTIME_PACKAGES lists $p, which no native part loads" >&2; status=1 ;;
+        esac
     done
     return $status
 }
