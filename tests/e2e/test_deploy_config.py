@@ -8,6 +8,7 @@ line. test_nginx.py runs nginx.conf for real; test_docker_build.py runs the Dock
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import subprocess
@@ -136,7 +137,7 @@ def test_every_run_line_is_a_steps_script_call(stages):
             assert ("COPY", f"docker/steps.sh /usr/local/bin/{STEPS}") in stage.instructions \
                 or stage.base == "runtime", f"{stage.name} runs {STEPS} without copying it"
         for run in runs:
-            mounts, commands = run_commands(run)
+            _, commands = run_commands(run)
             for argv in commands:
                 assert argv[1] in allowed[stage.name], f"{stage.name}: {STEPS} {argv[1]}"
 
@@ -213,7 +214,7 @@ def test_dockerignore_leaves_out_what_git_ignores():
 # ----------------------------------------------------------------------------- compose
 
 
-def test_compose_structure(compose, example, stages):
+def test_compose_structure(compose):
     assert set(compose) - COMPOSE_TOP_KEYS == set()
     services = compose["services"]
     assert {"app", "nginx"} <= set(services)
@@ -241,8 +242,6 @@ def test_compose_app(compose, example, stages):
     params = cli_parse(command)
     assert params["proxy_headers"] is True
     # Trust X-Forwarded-* from the backend network, the one nginx reaches the app on.
-    import ipaddress
-
     subnets = [ipaddress.ip_network(c["subnet"]) for c in compose["networks"]["backend"]["ipam"]["config"]]
     trusted = [ipaddress.ip_network(x.strip()) for x in params["forwarded_allow_ips"].split(",")]
     assert all(any(s.subnet_of(t) for t in trusted) for s in subnets), (trusted, subnets)
