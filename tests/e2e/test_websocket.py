@@ -29,7 +29,7 @@ APP = "ws_apps:app"
 WS = ("--ws", "websockets-sansio")
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-TIMEOUT = 5.0
+TIMEOUT = float(os.environ.get("E2E_IO_TIMEOUT", "5"))
 
 
 # ----------------------------------------------------------------------------- raw client
