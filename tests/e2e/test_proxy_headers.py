@@ -182,13 +182,16 @@ def test_uds_peer_is_trusted_only_under_star(servers, tmp_path):
 def test_websocket_scope(servers, proto, expected):
     def run(s):
         srv = s.get(WS_APP, *WS)
+        mark = srv.mark()
         with ws_connect(f"ws://127.0.0.1:{srv.port}/scope", open_timeout=5,
                         additional_headers=[("X-Forwarded-Proto", proto),
                                             ("X-Forwarded-For", "198.51.100.2, 127.0.0.1")]) as ws:
             scope = json.loads(ws.recv(timeout=5))
-        return scope["scheme"], scope["client"]
+        line = srv.wait_for_line(r'"WebSocket /scope" \[accepted\]', after=mark).string
+        return scope["scheme"], scope["client"], line
 
-    assert servers.compare(run) == (expected, ["198.51.100.2", 0])
+    assert servers.compare(run) == (expected, ["198.51.100.2", 0],
+                                    'INFO:     198.51.100.2:0 - "WebSocket /scope" [accepted]')
 
 
 def test_websocket_scope_untrusted_peer(servers):
