@@ -27,6 +27,9 @@ struct BridgeOptions {
     std::string asgi_version = "3.0";  // "2.0" for ASGI 2 apps (wrapped), as Uvicorn reports
     long limit_concurrency = 0;        // 0: no limit
     bool ws = true;                    // WebSocket upgrades (false: served as plain HTTP)
+    // --proxy-headers: X-Forwarded-* from peers in --forwarded-allow-ips rewrite scheme/client.
+    bool proxy_headers = false;
+    core::TrustedHosts forwarded_allow_ips;
 };
 
 // Per-connection Python values, shared by the connection and the cycles it carried (a cycle
@@ -36,6 +39,7 @@ struct ConnData {
     core::HttpConnection* conn = nullptr;
     PyObject* client = nullptr;  // (host, port) or None
     PyObject* server = nullptr;  // (host, port) or (path, None)
+    bool proxy_trusted = false;  // the peer may set X-Forwarded-* (decided once per connection)
     int refs = 1;
     void retain() { ++refs; }
     void release();

@@ -1031,7 +1031,12 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
     if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr) {
         ScopeInputs in{ws_asgi_template_, cd.client,          cd.server, ws_scheme_,
                        root_path_,        options_.root_path, state_};
-        scope = build_ws_scope(head, in);
+        PyObject* forwarded_client = nullptr;
+        if (!cd.proxy_trusted ||
+            apply_proxy_headers(options_.forwarded_allow_ips, head, true, in, forwarded_client)) {
+            scope = build_ws_scope(head, in);
+        }
+        Py_XDECREF(forwarded_client);
     }
     WsCycle* cycle = scope != nullptr ? ws_cycle_new(*this, conn, scope) : nullptr;
     Py_XDECREF(scope);
