@@ -599,6 +599,42 @@ TEST_CASE("check_websocket_handshake: websockets' status codes and texts", "[web
         {"a body", [](HeadBuilder& b) { b.set("content-length", "3"); }, 400,
          "did not receive a valid HTTP request"},
         {"an empty body is fine", [](HeadBuilder& b) { b.set("content-length", "0"); }, 101, ""},
+        // Header lists that websockets' parsers (headers.py) refuse, with its texts.
+        {"connection missing comma", [](HeadBuilder& b) { b.set("connection", "Upgrade, a b"); },
+         400, "invalid Connection header: expected comma at 11 in Upgrade, a b"},
+        {"upgrade slash without version", [](HeadBuilder& b) { b.set("upgrade", "websocket/"); },
+         400, "invalid Upgrade header: expected comma at 9 in websocket/"},
+        {"upgrade with version", [](HeadBuilder& b) { b.set("upgrade", "websocket/13"); }, 426,
+         "invalid Upgrade header: websocket/13"},
+        {"extensions trailing ;",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "permessage-deflate;"); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected token at 19 in permessage-deflate;"},
+        {"extensions empty", [](HeadBuilder& b) { b.set("sec-websocket-extensions", ""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected token at 0 in "},
+        {"extensions quoted non-token",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"b c\""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: invalid quoted header content at 5 in "
+         "x; a=\"b c\""},
+        {"extensions open quote",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"b"); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected quoted string at 5 in x; a=\"b"},
+        {"extensions latin-1 in quotes",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"\xe9\""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected quoted string at 5 in "
+         "x; a=\"\xc3\xa9\""},
+        {"protocol missing comma",
+         [](HeadBuilder& b) { b.set("sec-websocket-protocol", "chat;x"); }, 400,
+         "invalid Sec-WebSocket-Protocol header: expected comma at 4 in chat;x"},
+        {"protocol only commas", [](HeadBuilder& b) { b.set("sec-websocket-protocol", " , ,"); },
+         400, "invalid Sec-WebSocket-Protocol header: expected token at 3 in , ,"},
+        {"protocol empty elements",
+         [](HeadBuilder& b) { b.set("sec-websocket-protocol", ",a,\t ,b,"); }, 101, ""},
+        {"protocol checked after extensions",
+         [](HeadBuilder& b) {
+             b.set("sec-websocket-protocol", "a b");
+             b.set("sec-websocket-extensions", ",");
+         },
+         400, "invalid Sec-WebSocket-Extensions header: expected token at 1 in ,"},
     };
     for (const auto& c : cases) {
         CAPTURE(c.name);
@@ -620,6 +656,20 @@ TEST_CASE("check_websocket_handshake: websockets' status codes and texts", "[web
         }
         if (c.status == 405) REQUIRE(r.extra_header == "Allow: GET\r\n");
     }
+}
+
+TEST_CASE("check_websocket_handshake: malformed extensions only count with deflate on",
+          "[websocket]") {
+    HeadBuilder b;
+    b.set("sec-websocket-extensions", "permessage-deflate;");
+    REQUIRE(check_websocket_handshake(b.head(), false).status == 101);
+    REQUIRE(check_websocket_handshake(b.head(), true).status == 400);
+    // Quoted and escaped values are unquoted before the negotiation.
+    b.set("sec-websocket-extensions", "permessage-deflate; server_max_window_bits=\"1\\0\"");
+    WsHandshake r = check_websocket_handshake(b.head(), true);
+    REQUIRE(r.status == 101);
+    REQUIRE(r.deflate);
+    REQUIRE(r.deflate->response == "permessage-deflate; server_max_window_bits=10");
 }
 
 TEST_CASE("is_websocket_upgrade: only the last Upgrade and Connection headers count",
