@@ -544,6 +544,7 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
         out.append("Sec-WebSocket-Protocol: ").append(subprotocol).append("\r\n");
     }
     out.append("\r\n");
+    std::string().swap(accept_key_);  // only needed for the 101
     state_ = State::kOpen;
     std::uint64_t interval = seconds_to_ms(ctx_.config.ws_ping_interval);
     if (interval > 0) ping_due_ms_ = transport_.now_ms() + interval;
@@ -922,7 +923,18 @@ WriteResult WebSocketConnection::write_state() {
     return WriteResult::kOk;
 }
 
+void WebSocketConnection::trim_buffers() {
+    // Not while frames are being handled: their payloads are views into the decoder's buffer.
+    if (in_frames_) return;
+    decoder_.trim(kIdleBufferBytes);
+    std::string& out = transport_.out();
+    if (out.empty() && out.capacity() > kIdleBufferBytes) std::string().swap(out);
+    if (!in_message_ && message_.capacity() > kIdleBufferBytes) std::string().swap(message_);
+    if (scratch_.capacity() > kIdleBufferBytes) std::string().swap(scratch_);
+}
+
 void WebSocketConnection::on_drained() {
+    trim_buffers();
     if (waiting_writable_ && handler_ != nullptr) {
         waiting_writable_ = false;
         handler_->on_ws_writable();
