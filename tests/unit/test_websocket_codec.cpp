@@ -235,6 +235,27 @@ TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point",
     REQUIRE(decode({stream.substr(0, split), stream.substr(split)}) == expected);
 }
 
+TEST_CASE("WsDecoder: trim frees a big drained buffer and keeps pending bytes", "[websocket]") {
+    WsDecoder d(1 << 20, false);
+    const std::string big(100000, 'x');
+    std::string stream = masked(2, big) + masked(1, "tail");
+    d.feed(std::string_view(stream).substr(0, stream.size() - 3));
+    WsFrame f;
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == big);
+    d.trim(4096);  // the next frame is incomplete: its bytes must survive
+    REQUIRE(d.buffered() == masked(1, "tail").size() - 3);
+    d.feed(std::string_view(stream).substr(stream.size() - 3));
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "tail");
+    REQUIRE(d.buffered() == 0);
+    d.trim(4096);  // drained: freed, and the decoder goes on from scratch
+    d.feed(masked(1, "again"));
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "again");
+    REQUIRE(d.next(f) == WsDecoder::Status::kNeedMore);
+}
+
 TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[websocket]") {
     const std::string stream =
         masked(1, "abc") + masked(2, std::string(200, 'x')) + masked(10, "") + masked(8, "");
