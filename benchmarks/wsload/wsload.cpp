@@ -350,7 +350,9 @@ uv_write_t* get_write() {
 }
 
 void on_write(uv_write_t* req, int status) {
-    if (status < 0 && status != UV_ECANCELED) note_error(std::string("write: ") + uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED) {
+        note_error(std::string("write: ") + uv_strerror(status));
+    }
     client.free_writes.push_back(req);
 }
 
@@ -443,7 +445,7 @@ std::size_t consume_frames(Conn* c, const unsigned char* p, std::size_t n) {
         } else if (echoes > 0 && c->echoed < static_cast<std::uint64_t>(opt.idle_messages)) {
             send_messages(c, 1);
         }
-    } else if (client.phase != Phase::kDone) {
+    } else if (client.phase == Phase::kWarmup || client.phase == Phase::kMeasure) {
         send_messages(c, echoes);
     }
     return used;
@@ -490,9 +492,9 @@ bool finish_handshake(Conn* c) {
             c->counted_ready = true;
             ++client.ready;
         }
-    } else {
-        send_messages(c, opt.pipeline);
     }
+    // Load mode: the messages start once every connection is open (maybe_all_connected), so
+    // the handshakes never queue behind echo traffic.
     start_more_connections();
     maybe_all_connected();
     return true;
@@ -623,6 +625,8 @@ void maybe_all_connected() {
         return;
     }
     client.phase = Phase::kWarmup;
+    for (Conn* c : client.conns)
+        send_messages(c, opt.pipeline);
     uv_timer_start(&client.timer, on_timer, static_cast<std::uint64_t>(opt.warmup * 1000), 0);
 }
 
@@ -782,7 +786,9 @@ int run_server() {
     sockaddr_in addr{};
     uv_ip4_addr(opt.host, opt.serve_port, &addr);
     int r = uv_tcp_bind(&listener, reinterpret_cast<sockaddr*>(&addr), 0);
-    if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(&listener), 4096, on_server_connection);
+    if (r == 0) {
+        r = uv_listen(reinterpret_cast<uv_stream_t*>(&listener), 4096, on_server_connection);
+    }
     if (r < 0) {
         std::fprintf(stderr, "wsload --serve: %s\n", uv_strerror(r));
         return 1;
