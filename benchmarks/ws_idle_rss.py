@@ -127,6 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--client-cpu", type=int, default=0)
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--out", default=None, help="results file stem in benchmarks/results/")
+    p.add_argument("--note", default=None, help="a line of context for the top of the report")
     args = p.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
     for s in servers:
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
         "machine": base.machine_info(), "versions": wsc.versions(args.python),
     }
     L = [f"# Idle WebSockets: memory per connection, {meta['date']} on {meta['hostname']}\n",
+         *([f"> **{args.note}**\n"] if args.note else []),
          f"Command: `{meta['command']}`\n",
          f"{args.conns} WebSockets opened by `wsload --idle` against one worker running "
          f"`apps/ws_echo.py`; each exchanged {args.idle_messages} echo(es) of {args.size} bytes, "

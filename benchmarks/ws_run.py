@@ -205,6 +205,8 @@ def render_markdown(meta: dict, rows: list[dict], records: list[dict], baseline:
     if meta.get("interrupted"):
         title += " — INTERRUPTED, partial results"
     L.append(f"# {title}: {meta['date']} on {meta['hostname']}\n")
+    if meta.get("note"):
+        L.append(f"> **{meta['note']}**\n")
     if meta["quick"]:
         L.append("> A smoke run (1 round, short windows) checks that the harness and the servers "
                  "work. Its numbers have no spread and should not be quoted.\n")
@@ -254,6 +256,9 @@ def render_markdown(meta: dict, rows: list[dict], records: list[dict], baseline:
                                  + "; ".join(r["failures"])[:160])
                 if r["noisy_rounds"]:
                     notes.append(f"{r['noisy_rounds']} noisy")
+                if r["client_cpu"] and r["client_cpu"]["median"] >= 0.9:
+                    notes.append("‡ client-bound: wsload used ≥ 90% of its core, msg/s is a "
+                                 "lower bound")
                 is_base = r["server"] == baseline
                 L.append("| " + " | ".join([
                     r["server"], cell(r["mps"], fmt_rate),
@@ -272,9 +277,11 @@ def render_markdown(meta: dict, rows: list[dict], records: list[dict], baseline:
         L.append("`native` is wsload's own C++ echo server on the server core. The client "
                  "drove it at the rate shown; if that is well above cppuvicorn's, the client "
                  "was not what limited cppuvicorn.\n")
+        L.append("*client capacity* = the native run's msg/s ÷ wsload's CPU share: what one "
+                 "client core can drive at that size and connection count.\n")
         L.append("| size | conns | native msg/s | cppuvicorn msg/s | native ÷ cppuvicorn | "
-                 "client CPU with native | client CPU with cppuvicorn |")
-        L.append("|---|---|---|---|---|---|---|")
+                 "client CPU with native | client CPU with cppuvicorn | client capacity |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for size in meta["sizes"]:
             for c in meta["connections"]:
                 n = next((r for r in rows if (r["size"], r["conns"], r["server"])
@@ -287,7 +294,8 @@ def render_markdown(meta: dict, rows: list[dict], records: list[dict], baseline:
                          f"{fmt_rate(p['mps']['median'])} | "
                          f"{n['mps']['median'] / p['mps']['median']:.2f}× | "
                          f"{fmt_pct(n['client_cpu']['median'])} | "
-                         f"{fmt_pct(p['client_cpu']['median'])} |")
+                         f"{fmt_pct(p['client_cpu']['median'])} | "
+                         f"{fmt_rate(n['mps']['median'] / n['client_cpu']['median']) if n['client_cpu']['median'] else '–'} msg/s |")
         L.append("")
     noisy = [r for r in records if (r.get("others_cpu") or 0) > meta["noise_threshold"]]
     L.append("## Noise\n")
@@ -362,6 +370,7 @@ def parse_args(argv=None):
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--out", default=None, help="results file stem in benchmarks/results/")
     p.add_argument("--keep-logs", action="store_true")
+    p.add_argument("--note", default=None, help="a line of context for the top of the report")
     a = p.parse_args(argv)
     a.rounds = a.rounds if a.rounds is not None else (1 if a.quick else 5)
     a.duration = a.duration if a.duration is not None else (2.0 if a.quick else 5.0)
@@ -426,7 +435,7 @@ def main(argv=None) -> int:
         "pipeline": args.pipeline, "servers": active, "skipped": skipped,
         "baseline": args.baseline, "server_cpu": args.server_cpu, "client_cpu": args.client_cpu,
         "noise_threshold": args.noise_threshold, "machine": base.machine_info(),
-        "versions": wsc.versions(args.python), "wsload": str(wsload),
+        "versions": wsc.versions(args.python), "wsload": str(wsload), "note": args.note,
     }
     records: list[dict] = []
     discarded: list[dict] = []
