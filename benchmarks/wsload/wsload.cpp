@@ -716,7 +716,8 @@ void on_server_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
         server_close(s);
         return;
     }
-    s->in.append(buf->base, static_cast<std::size_t>(nread));
+    bool buffered = !s->upgraded || !s->in.empty();  // else the read buffer is parsed as is
+    if (buffered) s->in.append(buf->base, static_cast<std::size_t>(nread));
     if (!s->upgraded) {
         std::size_t end = s->in.find("\r\n\r\n");
         if (end == std::string::npos) return;
@@ -739,12 +740,16 @@ void on_server_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
                         "Connection: Upgrade\r\nSec-WebSocket-Accept: " +
                             accept_for(key) + "\r\n\r\n");
     }
+    // NOTE(perf): parse straight from the read buffer when nothing is left over, and unmask
+    // eight bytes at a time, so the anchor costs about what a lean native server would.
+    const char* data = buffered ? s->in.data() : buf->base;
+    std::size_t size = buffered ? s->in.size() : static_cast<std::size_t>(nread);
     std::string out;
     std::size_t used = 0;
-    auto* p = reinterpret_cast<const unsigned char*>(s->in.data());
+    auto* p = reinterpret_cast<const unsigned char*>(data);
     while (true) {
         Frame f;
-        std::size_t n = s->in.size() - used;
+        std::size_t n = size - used;
         if (!parse_frame(p + used, n, f) || n < f.header + f.length) break;
         const unsigned char* payload = p + used + f.header;
         used += f.header + f.length;
@@ -752,10 +757,24 @@ void on_server_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
         if (f.opcode == 0xA) continue;
         append_frame_header(out, op, f.length, false);
         std::size_t at = out.size();
-        out.append(reinterpret_cast<const char*>(payload), static_cast<std::size_t>(f.length));
+        auto len = static_cast<std::size_t>(f.length);
+        out.append(reinterpret_cast<const char*>(payload), len);
         if (f.masked) {
-            for (std::size_t i = 0; i < f.length; ++i)
-                out[at + i] = static_cast<char>(out[at + i] ^ f.mask[i & 3]);
+            char* q = out.data() + at;
+            std::uint64_t key8;
+            unsigned char k8[8];
+            for (int i = 0; i < 8; ++i)
+                k8[i] = f.mask[i & 3];
+            std::memcpy(&key8, k8, 8);
+            std::size_t i = 0;
+            for (; i + 8 <= len; i += 8) {
+                std::uint64_t w;
+                std::memcpy(&w, q + i, 8);
+                w ^= key8;
+                std::memcpy(q + i, &w, 8);
+            }
+            for (; i < len; ++i)
+                q[i] = static_cast<char>(q[i] ^ f.mask[i & 3]);
         }
         if (f.opcode == 8) {
             server_write(s, std::move(out));
@@ -763,7 +782,11 @@ void on_server_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
             return;
         }
     }
-    s->in.erase(0, used);
+    if (buffered) {
+        s->in.erase(0, used);
+    } else if (used < size) {
+        s->in.assign(data + used, size - used);
+    }
     if (!out.empty()) server_write(s, std::move(out));
 }
 
