@@ -143,7 +143,11 @@ void TcpConnection::write_direct(std::string_view data) {
 void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
     auto* c = static_cast<TcpConnection*>(req->data);
     c->writing_ = false;
-    c->inflight_.clear();
+    if (c->inflight_.capacity() > kKeepInflightBytes) {
+        std::string().swap(c->inflight_);  // a big partial write: do not keep its buffer
+    } else {
+        c->inflight_.clear();
+    }
     if (status < 0) {
         c->close_now();
         return;

@@ -67,6 +67,7 @@ class TcpConnection final : public Transport {
     uv_shutdown_t shutdown_req_{};
     std::string out_;       // corked output not yet handed to the kernel
     std::string inflight_;  // owned by the pending uv_write
+    static constexpr std::size_t kKeepInflightBytes = 65536;
     bool unix_socket_;
     bool writing_ = false;
     bool reading_ = false;

@@ -71,6 +71,8 @@ void HttpConnection::process(std::string_view data) {
         if (ws_) {
             // The upgrade request was the last HTTP/1.1 message: the rest is WebSocket frames.
             in_process_ = false;
+            parser_.release_buffers();
+            std::string().swap(pending_);
             ws_->on_data(data);
             return;
         }
