@@ -760,7 +760,7 @@ def main(argv=None) -> int:
         for name, passed, detail in p.checks:
             if not passed:
                 print(f"FAIL {p.name}: {name} — {detail}")
-        if p.result.get("failures"):
+        if p.result.get("failures") and not p.result["ok"]:
             print(f"{p.name} failures: {p.result['failures']}")
     path = results_path("chaos", args.out)
     path.write_text(render(meta, phases))
