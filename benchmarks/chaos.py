@@ -79,7 +79,7 @@ from loadtools import (  # noqa: E402
     pid_alive,
     results_path,
     rss_kib,
-    tcp_queues,
+    tcp_sockets,
 )
 
 JSON_BODY = b'{"message":"Hello, world!","id":1,"ok":true,"items":[1,2,3]}'
@@ -251,6 +251,7 @@ class Phase:
     server: ServerProc | None = None
     log_from: int = 0
     log: list = dataclasses.field(default_factory=list)  # the server's WARNING/ERROR lines meanwhile
+    stacks: list = dataclasses.field(default_factory=list)  # stack lines the server printed meanwhile
 
     def check(self, name: str, ok: bool, detail: str = "") -> None:
         self.checks.append((name, bool(ok), detail))
@@ -336,6 +337,8 @@ class Chaos:
         with phase.server._cond:
             lines = [line for _, line in phase.server.lines[phase.log_from:]]
         phase.log = [line for line in lines if re.match(r"^(WARNING|ERROR|CRITICAL):", line)]
+        # A blocked loop's stack (faulthandler, printed by the worker before it is killed).
+        phase.stacks = [line.strip() for line in lines if re.match(r'^\s+File ".*", line \d+ in ', line)]
         if phase.graceful and phase.name != "leak_stubborn":
             trouble = [line for line in phase.log if re.search(r"died|blocked|did not stop", line)]
             phase.check("no worker died or was killed", not trouble, "; ".join(trouble[:3]))
@@ -434,12 +437,18 @@ class Chaos:
             elif time.monotonic() - still_since >= 1.0:
                 break
             time.sleep(0.2)
-        tcp = tcp_queues(self.server.port)
+        tcp = tcp_sockets(self.server.port)
         held = sorted(handed[p] - tcp.get((self.server.port, p), (0, 0))[0] - tcp.get((p, self.server.port), (0, 0))[1]
                       for p in handed)
         rss1 = {p: rss_kib(p) for p in workers}
         time.sleep(args.slow_hold)
         rss2 = {p: rss_kib(p) for p in workers}
+        dead = sorted(p for p in workers if rss2[p] is None or not pid_alive(p))
+        phase.check("no worker died meanwhile", not dead, f"gone: {dead}")
+        if dead:
+            for s in socks:
+                s.close()
+            return
         growth = (sum(rss2.values()) - sum(rss0.values())) / 1024
         growth_stuck = (sum(rss1.values()) - sum(rss0.values())) / 1024
         limit_held = WRITE_HIGH_WATER + chunk + 4096
@@ -464,11 +473,13 @@ class Chaos:
         deadline = time.monotonic() + 10
         while (left := streams_gone()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        open_socks = [k for k in tcp_queues(self.server.port) if k[1] in ports]
+        # The server's side of each stuck connection must be gone (TIME_WAIT holds no fd).
+        open_socks = sorted(v[2] for k, v in tcp_sockets(self.server.port).items()
+                            if k[0] == self.server.port and k[1] in ports and v[2] != "TIME_WAIT")
         fds1 = {p: fd_count(p) for p in workers}
         slack = len(self.load.clients) + 2
         phase.check("the stuck streams ended and their sockets closed", not left and not open_socks,
-                    f"{left} streams left, {len(open_socks)} sockets")
+                    f"{left} streams left, server sockets left: {open_socks}")
         phase.check("worker fds back to their level", all(fds1[p] <= fds0[p] + slack for p in workers),
                     f"before {sorted(fds0.values())}, after {sorted(fds1.values())} (load connections: ±{slack})")
         phase.notes.append(f"RSS {sum(rss0.values()) / 1024:.1f} → {sum(rss2.values()) / 1024:.1f} MiB (2 workers); "
@@ -667,7 +678,7 @@ def render(meta: dict, phases: list[Phase]) -> str:
            f"average {meta['load_start']} at the start, {meta['load_end']} at the end)."]
     if meta["note"]:
         out += ["", meta["note"]]
-    out += ["", f"Command: `{meta['command']}`", "",
+    out += ["", f"Command: `{meta['command']}`; {meta['server']}.", "",
             f"Load: {meta['ka_clients']} keep-alive clients (GET /pid, the last one POST /echo 1 KiB) and "
             f"{meta['new_clients']} clients opening a new connection per request (GET /json), no pauses, every "
             f"answer checked. *Retried*: a request on a reused keep-alive connection that the server closed before "
@@ -693,6 +704,8 @@ def render(meta: dict, phases: list[Phase]) -> str:
             out.append("- retried" + checked + ": " + "; ".join(f"`{f}`" for f in r["retries"]))
         if p.log:
             out.append(f"- server log ({len(p.log)} warning/error lines): " + "; ".join(f"`{line}`" for line in p.log[:6]))
+        if p.stacks:
+            out.append("- stack printed by the server: " + " ← ".join(f"`{line}`" for line in p.stacks[:12]))
         out.append("")
     return "\n".join(out)
 
@@ -743,7 +756,8 @@ def main(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
             "cpus": os.cpu_count(), "load_start": loadavg(), "note": args.note,
             "command": shlex.join(["python", "benchmarks/chaos.py", *(sys.argv[1:] if argv is None else argv)]),
-            "ka_clients": args.ka_clients, "new_clients": args.new_clients}
+            "ka_clients": args.ka_clients, "new_clients": args.new_clients,
+            "server": ServerProc("chaos:app", [], python=args.python).describe()}
     chaos = Chaos(args)
     started = time.monotonic()
     chaos.run()
@@ -768,7 +782,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "ok": ok,
                        "phases": [{"name": p.name, "what": p.what, "checks": p.checks, "notes": p.notes,
-                                   "result": p.result, "log": p.log, "seconds": round(p.t1 - p.t0, 2)}
+                                   "result": p.result, "log": p.log, "stacks": p.stacks, "seconds": round(p.t1 - p.t0, 2)}
                                   for p in phases]},
                       f, indent=1, default=str)
     print(f"chaos: {'PASS' if ok else 'FAIL'} in {meta['seconds']} s; report {path}")

@@ -54,12 +54,36 @@ class ServerProc:
             if key.startswith(("UVICORN_", "CPPUVICORN_")) or key == "WEB_CONCURRENCY":
                 del self.env[key]
         self.env["PYTHONUNBUFFERED"] = "1"
+        # The server runs in apps/: a relative PYTHONPATH (PYTHONPATH=cli) must still mean
+        # what it meant here, or another installed cppuvicorn would be picked up.
+        if self.env.get("PYTHONPATH"):
+            self.env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p
+                                                     for p in self.env["PYTHONPATH"].split(os.pathsep))
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
         self.lines: list[tuple[float, str]] = []
         self.port: int | None = None
         self._cond = threading.Condition()
         self._readers: list[threading.Thread] = []
+
+    def describe(self) -> str:
+        """Which cppuvicorn this command runs: its version and where it is imported from."""
+        probe = subprocess.run(
+            [self.command[0], "-c", "import cppuvicorn, os, sys; "
+             "print(cppuvicorn.__version__, os.path.dirname(cppuvicorn.__file__), sys.version.split()[0])"],
+            capture_output=True, text=True, env=self.env, cwd=str(APPS_DIR), timeout=60)
+        parts = probe.stdout.split()
+        if probe.returncode != 0 or len(parts) != 3:
+            return f"cppuvicorn (import failed: {probe.stderr.strip()[-200:]})"
+        version, where, python = parts
+        commit = ""
+        if "site-packages" not in where:  # a source tree (PYTHONPATH=cli, or an editable install)
+            try:
+                commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True, timeout=10).stdout.strip()
+            except OSError:
+                pass
+        return f"cppuvicorn {version} from `{where}`" + (f" (git {commit})" if commit else "") + f", Python {python}"
 
     def start(self, timeout: float = 30.0) -> "ServerProc":
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -202,8 +226,12 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
-    """IPv4 loopback sockets touching ``port``: (local port, remote port) -> (tx_queue, rx_queue).
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def tcp_sockets(port: int) -> dict[tuple[int, int], tuple[int, int, str]]:
+    """IPv4 sockets touching ``port``: (local port, remote port) -> (tx_queue, rx_queue, state).
 
     For an established socket, tx_queue is what the kernel holds unsent or unacknowledged and
     rx_queue what arrived and was not read yet."""
@@ -212,11 +240,11 @@ def tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
         next(f)
         for line in f:
             parts = line.split()
-            local, remote, queues = parts[1], parts[2], parts[4]
+            local, remote, state, queues = parts[1], parts[2], parts[3], parts[4]
             lport, rport = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
             if port in (lport, rport):
                 tx, rx = queues.split(":")
-                out[(lport, rport)] = (int(tx, 16), int(rx, 16))
+                out[(lport, rport)] = (int(tx, 16), int(rx, 16), TCP_STATES.get(int(state, 16), state))
     return out
 
 

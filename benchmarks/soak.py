@@ -215,7 +215,7 @@ def open_close(port: int, total: int, threads: int, no_request_share: float, tim
 
 
 def mib(kib: int | None) -> str:
-    return "?" if kib is None else f"{kib / 1024:.1f}"
+    return "?" if kib is None else f"{kib / 1024:.2f}"
 
 
 def render(meta: dict, segments: list[dict], oc: dict | None, points: dict, samples: list[dict],
@@ -228,8 +228,7 @@ def render(meta: dict, segments: list[dict], oc: dict | None, points: dict, samp
     if meta["note"]:
         out += ["", meta["note"]]
     out += ["", f"Command: `{meta['command']}`", "",
-            f"Server: `{meta['server_command']}` (pid {meta['pid']}), Python {meta['python']}, "
-            f"{meta['wrk']}.", ""]
+            f"Server: `{meta['server_command']}` (pid {meta['pid']}); {meta.get('server', '')}; {meta['wrk']}.", ""]
     out += ["## Checks", "", md_table(["check", "result", "detail"],
                                       [[name, "pass" if passed else "**FAIL**", detail]
                                        for name, passed, detail in checks]), ""]
@@ -265,7 +264,8 @@ def render(meta: dict, segments: list[dict], oc: dict | None, points: dict, samp
             md_table(["point", "t (s)", "fds", "RSS (MiB)"],
                      [[name, p["t"], p["fds"], mib(p["rss_kib"])] for name, p in points.items() if p]), ""]
     out += [f"Slopes over the load after the warm-up (least squares over {slopes['n']} samples): "
-            f"RSS {slopes['rss_kib_per_min']} KiB/min, fds {slopes['fds_per_min']} per minute.", ""]
+            f"RSS {slopes['rss_kib_per_min']} KiB/min, fds {slopes['fds_per_min']} per minute (wrk closes and "
+            f"reopens its connections between segments, so the fd count dips at segment boundaries).", ""]
 
     step = max(1, len(samples) // 150)
     shown = samples[::step]
@@ -335,6 +335,7 @@ def main(argv=None) -> int:
 
     server = ServerProc("chaos:app", ["--workers", "1", "--no-access-log"], python=args.python)
     meta["server_command"] = shlex.join(["python", *server.command[1:]])
+    meta["server"] = server.describe()
     segments: list[dict] = []
     oc = None
     points: dict[str, dict | None] = {}
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
         limit = args.rss_limit_mib * 1024
         grow_load = points["end of load"]["rss_kib"] - warm_point["rss_kib"]
         checks.append((f"RSS growth after the warm-up ≤ {args.rss_limit_mib:g} MiB (load)", grow_load <= limit,
-                       f"{grow_load / 1024:+.1f} MiB ({mib(warm_point['rss_kib'])} → {mib(points['end of load']['rss_kib'])})"))
+                       f"{grow_load / 1024:+.2f} MiB ({mib(warm_point['rss_kib'])} → {mib(points['end of load']['rss_kib'])})"))
     if oc is not None:
         checks.append(("zero failed connections (open/close)", oc["failed"] == 0 and oc["connections"] == args.connections_total,
                        f"{oc['connections']:,} connections, {oc['failed']} failed"))
@@ -421,7 +422,7 @@ def main(argv=None) -> int:
         if warm_point is not None:
             grow_oc = points["open/close + settle"]["rss_kib"] - warm_point["rss_kib"]
             checks.append((f"RSS growth after the warm-up ≤ {args.rss_limit_mib:g} MiB (open/close)", grow_oc <= limit,
-                           f"{grow_oc / 1024:+.1f} MiB"))
+                           f"{grow_oc / 1024:+.2f} MiB"))
     checks.append(("SIGTERM: exit code 0", exit_code == 0, f"exit code {exit_code}"))
 
     md = render(meta, segments, oc, points, sampler.samples, checks, slopes)
