@@ -424,6 +424,10 @@ class Chaos:
             s.connect((HOST, self.server.port))
             s.sendall(build_request("GET", f"/stream?size={size}&chunk={chunk}"))
             socks.append(s)
+            # One at a time: each new stream first fills the kernel's send buffer (a few MiB on
+            # loopback) without suspending, as with Uvicorn's send(); fifty of them in one loop
+            # turn could starve the heartbeat past the 2 s health check on a busy machine.
+            time.sleep(0.02)
         ports = {s.getsockname()[1] for s in socks}
         # Wait until every stream is stuck: the bytes the app handed to send() stop growing.
         last, still_since, handed = -1, time.monotonic(), {}
@@ -596,6 +600,13 @@ class Chaos:
             phase.check("tasks leaked in every worker", set(leaked) == workers and all(v > 1 for v in leaked.values()),
                         str(leaked))
             phase.check("exit code 0", code == 0, f"exit {code}")
+            if code is None:
+                phase.notes.append(f"still running {elapsed:.1f} s after the signal: killed by the harness")
+            if stubborn and single:
+                phase.notes.append("nothing can kill a lone worker: after `Finished server process` asyncio's "
+                                   "Runner cancels the leftover tasks and waits for them, for ever when they "
+                                   "swallow the cancellation (Uvicorn re-raises SIGTERM once serve() returns and "
+                                   "dies by it, exit 143)")
             if stubborn and not single:
                 limit = args.graceful + 2 + args.margin  # the supervisor's kill deadline + margin
                 phase.check(f"exited within graceful + 2 s + {args.margin:g} s", elapsed <= limit,
@@ -697,7 +708,8 @@ def render(meta: dict, phases: list[Phase]) -> str:
         for name, passed, detail in p.checks:
             out.append(f"- {'pass' if passed else '**FAIL**'}: {name}" + (f" — {detail}" if detail else ""))
         if r.get("failures"):
-            out.append("- failures: " + "; ".join(f"`{f}`" for f in r["failures"]))
+            label = "failures" if p.graceful or r["unexpected"] else "failed (on the killed worker's connections)"
+            out.append(f"- {label}: " + "; ".join(f"`{f}`" for f in r["failures"]))
         if r.get("retries"):
             checked = (f" ({r['retries_checked']} checked against the ids the closing worker's app logged: "
                        f"{r['retries_delivered']} had reached it)" if r["retries_checked"] else "")
