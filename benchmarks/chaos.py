@@ -40,7 +40,7 @@ Phases (``benchmarks/apps/chaos.py``; the server runs with ``--timeout-worker-he
   plus ``--margin`` seconds, its workers stopping by themselves.
 - ``leak_stubborn`` (not with ``--no-stubborn``): the same with tasks that swallow their
   cancellation; the supervisor has to kill the workers after the graceful timeout (+ 2 s).
-- ``leak_stubborn_1w`` (only with ``--single-worker-stubborn``): the same under ``--workers 1``,
+- ``leak_stubborn_1w``: the same under ``--workers 1``,
   where no supervisor can kill the worker: it must exit by itself within the graceful timeout
   plus ``--margin``.
 
@@ -603,10 +603,8 @@ class Chaos:
             if code is None:
                 phase.notes.append(f"still running {elapsed:.1f} s after the signal: killed by the harness")
             if stubborn and single:
-                phase.notes.append("nothing can kill a lone worker: after `Finished server process` asyncio's "
-                                   "Runner cancels the leftover tasks and waits for them, for ever when they "
-                                   "swallow the cancellation (Uvicorn re-raises SIGTERM once serve() returns and "
-                                   "dies by it, exit 143)")
+                phase.notes.append("no supervisor here: the worker abandons the tasks that swallow their "
+                                   "cancellation after a bounded wait and exits 0 by itself")
             if stubborn and not single:
                 limit = args.graceful + 2 + args.margin  # the supervisor's kill deadline + margin
                 phase.check(f"exited within graceful + 2 s + {args.margin:g} s", elapsed <= limit,
@@ -665,7 +663,7 @@ class Chaos:
             self.leak_shutdown(stubborn=False)
         if "leak_stubborn" not in args.skip:
             self.leak_shutdown(stubborn=True)
-        if args.single_worker_stubborn:
+        if "leak_stubborn_1w" not in args.skip:
             self.leak_shutdown(stubborn=True, workers=1)
 
 
@@ -744,9 +742,6 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=15.0, help="per-request client timeout (default %(default)s s)")
     p.add_argument("--skip", default="", help="comma list of phases to leave out")
     p.add_argument("--no-stubborn", action="store_true", help="leave out leak_stubborn")
-    p.add_argument("--single-worker-stubborn", action="store_true",
-                   help="also run leak_stubborn_1w: the stubborn tasks under --workers 1 (no supervisor to kill "
-                   "the worker; fails as long as cppuvicorn waits for them forever)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs cppuvicorn (default: this one)")
     p.add_argument("--out", default=None, help="Markdown report path (default results/chaos-<date>.md)")
     p.add_argument("--json", default=None, help="also write the raw results as JSON to this path")

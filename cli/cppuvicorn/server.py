@@ -31,6 +31,11 @@ ACCESS_LOG_FORMAT = '%s - "%s %s HTTP/%s" %d'
 
 logger = logging.getLogger("uvicorn.error")
 
+# Seconds the app's leftover tasks get to finish after being cancelled at exit (less when
+# --timeout-graceful-shutdown is smaller). Uvicorn gives them none: it dies by the re-raised
+# signal.
+LEFTOVER_TASKS_TIMEOUT = 1.0
+
 
 class ServerState:
     """Uvicorn's ``ServerState``, read from the native server.
@@ -109,7 +114,33 @@ class Server:
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         with asyncio.Runner(loop_factory=self.config.get_loop_factory()) as runner:
-            return runner.run(self.serve(sockets=sockets))
+            runner.run(self.serve(sockets=sockets))
+            self._cancel_leftover_tasks(runner.get_loop())
+
+    def _cancel_leftover_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the tasks the app left behind, waiting a bounded time for them.
+
+        asyncio.Runner would cancel them too, then wait for ever: a task that swallows its
+        CancelledError would keep the process alive after "Finished server process" (Uvicorn
+        dies by the SIGTERM it re-raises at that point; cppuvicorn exits 0, so it must not
+        hang). Tasks still running after the bound are abandoned and the process exits.
+        """
+        if loop.is_closed() or loop.is_running():
+            return
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        timeout = self.config.timeout_graceful_shutdown
+        bound = LEFTOVER_TASKS_TIMEOUT if timeout is None else min(float(timeout), LEFTOVER_TASKS_TIMEOUT)
+        _, still = loop.run_until_complete(asyncio.wait(pending, timeout=max(bound, 0.1)))
+        if still:
+            logger.warning(
+                "%d task(s) ignored cancellation at shutdown; exiting without waiting for them.", len(still)
+            )
+            logging.shutdown()
+            os._exit(0)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         with self.capture_signals():

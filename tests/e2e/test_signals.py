@@ -107,3 +107,21 @@ def test_second_sigint_forces_exit(servers):
         return code
 
     servers.compare(run)
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["cancellable", "stubborn"])
+def test_leftover_tasks_do_not_hold_the_process(cppuvicorn_servers, stubborn):
+    """Background tasks the app leaves behind are cancelled at exit; ones that swallow the
+    cancellation are abandoned after a bounded wait (asyncio's Runner would wait for ever, and
+    cppuvicorn exits 0 instead of dying by the re-raised signal as Uvicorn does)."""
+    srv = cppuvicorn_servers.spawn("stubborn_app:app", "--timeout-graceful-shutdown", "1")
+    c = Conn(srv)
+    assert c.request("GET", f"/?stubborn={int(stubborn)}").status == 200
+    c.close()
+    start = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    assert srv.wait_exit(8) == 0
+    elapsed = time.monotonic() - start
+    warned = any("ignored cancellation at shutdown" in line for line in srv.log_lines(stream="stderr"))
+    assert warned == stubborn
+    assert elapsed < (4 if stubborn else 2)

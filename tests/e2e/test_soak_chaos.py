@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO_DIR, base_env, require_kind
 
 BENCH = REPO_DIR / "benchmarks"
-GRACEFUL = ["steady", "sighup", "ttin_ttou", "slow_readers", "sigterm_drain", "leak_shutdown", "leak_stubborn"]
+GRACEFUL = ["steady", "sighup", "ttin_ttou", "slow_readers", "sigterm_drain", "leak_shutdown", "leak_stubborn",
+            "leak_stubborn_1w"]
 
 pytestmark = pytest.mark.cppuvicorn_only
 
@@ -78,7 +79,7 @@ def test_chaos_short(tmp_path):
     r = run_script(tmp_path, "chaos", "--short")
     phases = {p["name"]: p for p in r["phases"]}
     assert list(phases) == ["steady", "sigkill", "sighup", "ttin_ttou", "slow_readers", "blocked_loop",
-                            "sigterm_drain", "leak_shutdown", "leak_stubborn"], list(phases)
+                            "sigterm_drain", "leak_shutdown", "leak_stubborn", "leak_stubborn_1w"], list(phases)
     failing = {name: [c for c in p["checks"] if not c[1]] or p["result"] for name, p in phases.items()
                if not p["result"]["ok"]}
     assert not failing, f"{failing}\n{r['_report']}"
@@ -115,3 +116,6 @@ def test_chaos_short(tmp_path):
     assert leak["killed_by_supervisor"] == 0, leak
     stubborn = phases["leak_stubborn"]["result"]
     assert stubborn["exit_code"] == 0 and stubborn["exit_after_s"] <= 2 + 2 + 2, stubborn
+    # Without a supervisor the lone worker abandons the stubborn tasks by itself.
+    alone = phases["leak_stubborn_1w"]["result"]
+    assert alone["exit_code"] == 0 and alone["exit_after_s"] <= 2 + 2, alone
