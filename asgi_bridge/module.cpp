@@ -110,8 +110,8 @@ PYBIND11_MODULE(_core, m) {
                  return std::make_shared<TlsContext>(c);
              }),
              py::arg("certfile"), py::kw_only(), py::arg("keyfile") = "",
-             py::arg("password") = py::none(), py::arg("version") = 17,
-             py::arg("cert_reqs") = 0, py::arg("ca_certs") = "", py::arg("ciphers") = "")
+             py::arg("password") = py::none(), py::arg("version") = 17, py::arg("cert_reqs") = 0,
+             py::arg("ca_certs") = "", py::arg("ciphers") = "")
         .def_property_readonly("server_cert",
                                [](const TlsContext& c) { return c.server_cert_pem(); });
 

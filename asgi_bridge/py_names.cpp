@@ -45,10 +45,9 @@ bool init() {
               intern(headers, "headers") && intern(state, "state") && intern(status, "status") &&
               intern(body, "body") && intern(more_body, "more_body") &&
               intern(trailers, "trailers") && intern(extensions, "extensions") &&
-              intern(tls, "tls") &&
-              intern(http, "http") && intern(https, "https") && intern(v1_0, "1.0") &&
-              intern(v1_1, "1.1") && intern(v3_0, "3.0") && intern(http_request, "http.request") &&
-              intern(http_disconnect, "http.disconnect") &&
+              intern(tls, "tls") && intern(http, "http") && intern(https, "https") &&
+              intern(v1_0, "1.0") && intern(v1_1, "1.1") && intern(v3_0, "3.0") &&
+              intern(http_request, "http.request") && intern(http_disconnect, "http.disconnect") &&
               intern(http_response_start, "http.response.start") &&
               intern(http_response_body, "http.response.body") && intern(empty_str, "") &&
               intern(create_future, "create_future") && intern(set_result, "set_result") &&

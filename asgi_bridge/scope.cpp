@@ -68,8 +68,8 @@ PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert
     PyObject* pems = PyList_New(static_cast<Py_ssize_t>(chain.size()));
     if (pems == nullptr) return nullptr;
     for (std::size_t i = 0; i < chain.size(); ++i) {
-        PyObject* pem =
-            PyUnicode_DecodeASCII(chain[i].data(), static_cast<Py_ssize_t>(chain[i].size()), nullptr);
+        PyObject* pem = PyUnicode_DecodeASCII(chain[i].data(),
+                                              static_cast<Py_ssize_t>(chain[i].size()), nullptr);
         if (pem == nullptr) {
             Py_DECREF(pems);
             return nullptr;

@@ -21,7 +21,7 @@ struct ScopeInputs {
     PyObject* scheme;         // "http" / "https"
     PyObject* root_path;      // str
     std::string_view root_path_bytes;
-    PyObject* state;  // lifespan state dict (shallow-copied) or nullptr
+    PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
     PyObject* tls = nullptr;  // the connection's ASGI "tls" extension dict, or nullptr
 };
 

@@ -33,9 +33,7 @@ class TcpConnection final : public Transport {
     std::string& out() override { return out_; }
     void flush() override;
     void schedule_flush() override;
-    std::size_t buffered() const override {
-        return out_.size() + wire_.size() + inflight_.size();
-    }
+    std::size_t buffered() const override { return out_.size() + wire_.size() + inflight_.size(); }
     void pause_reading() override;
     void resume_reading() override;
     void close(bool now) override;

@@ -78,7 +78,8 @@ int password_callback(char* buf, int size, int, void* userdata) {
     // Never prompt on a terminal: no password given means none.
     const auto* password = static_cast<const std::string*>(userdata);
     if (password == nullptr || password->empty() || size <= 0) return 0;
-    int n = static_cast<int>(std::min<std::size_t>(password->size(), static_cast<std::size_t>(size)));
+    int n =
+        static_cast<int>(std::min<std::size_t>(password->size(), static_cast<std::size_t>(size)));
     std::memcpy(buf, password->data(), static_cast<std::size_t>(n));
     return n;
 }
@@ -152,17 +153,16 @@ TlsContext::TlsContext(const TlsConfig& config) {
     } guard{ctx_};
 
     // Python's defaults for a server context (what Uvicorn's ssl.SSLContext gets).
-    SSL_CTX_set_options(ctx_, (SSL_OP_ALL & ~SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS &
-                               ~SSL_OP_LEGACY_SERVER_CONNECT) |
-                                  SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                  SSL_OP_NO_SSLv3);
+    SSL_CTX_set_options(
+        ctx_, (SSL_OP_ALL & ~SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS & ~SSL_OP_LEGACY_SERVER_CONNECT) |
+                  SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_SSLv3);
     SSL_CTX_set_min_proto_version(ctx_, min_version);
     SSL_CTX_set_max_proto_version(ctx_, max_version);
     // Idle keep-alive connections then hold no 16 KiB record buffers.
     SSL_CTX_set_mode(ctx_, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_id_context(ctx_, kSessionIdContext, sizeof kSessionIdContext);
-    if (SSL_CTX_set_cipher_list(ctx_, config.ciphers.empty() ? kDefaultCiphers
-                                                              : config.ciphers.c_str()) != 1) {
+    if (SSL_CTX_set_cipher_list(
+            ctx_, config.ciphers.empty() ? kDefaultCiphers : config.ciphers.c_str()) != 1) {
         config_error("no cipher can be selected with ssl_ciphers '" + config.ciphers + "'");
     }
 
@@ -179,6 +179,10 @@ TlsContext::TlsContext(const TlsConfig& config) {
     if (!config.keyfile.empty()) require_readable(keyfile, "cannot read ssl_keyfile");
     if (SSL_CTX_use_PrivateKey_file(ctx_, keyfile.c_str(), SSL_FILETYPE_PEM) != 1) {
         std::string reason = openssl_reason();
+        if (reason.find("key values mismatch") != std::string::npos) {
+            config_error("the private key in " + keyfile + " does not match the certificate in " +
+                         config.certfile);
+        }
         if (!config.password && reason.find("bad") != std::string::npos) {
             reason += " (is the key encrypted? pass ssl_keyfile_password)";
         }
@@ -192,8 +196,8 @@ TlsContext::TlsContext(const TlsConfig& config) {
     if (!config.ca_certs.empty()) {
         require_readable(config.ca_certs, "cannot read ssl_ca_certs");
         if (SSL_CTX_load_verify_locations(ctx_, config.ca_certs.c_str(), nullptr) != 1) {
-            config_error("cannot load CA certificates from ssl_ca_certs " + config.ca_certs +
-                         ": " + openssl_reason());
+            config_error("cannot load CA certificates from ssl_ca_certs " + config.ca_certs + ": " +
+                         openssl_reason());
         }
     }
     SSL_CTX_set_alpn_select_cb(ctx_, select_alpn, nullptr);

@@ -22,13 +22,13 @@ namespace cppuvicorn::core {
 
 // Uvicorn's --ssl-* options, with the stdlib ssl module's integer constants.
 struct TlsConfig {
-    std::string certfile;            // PEM: the certificate, then its chain (required)
-    std::string keyfile;             // PEM private key; empty: the key is in certfile
+    std::string certfile;                 // PEM: the certificate, then its chain (required)
+    std::string keyfile;                  // PEM private key; empty: the key is in certfile
     std::optional<std::string> password;  // for an encrypted key
-    int version = 17;                // ssl.PROTOCOL_*: 2 TLS, 3 TLSv1, 4 TLSv1_1, 5 TLSv1_2, 17 TLS_SERVER
-    int cert_reqs = 0;               // ssl.CERT_NONE 0, CERT_OPTIONAL 1, CERT_REQUIRED 2
-    std::string ca_certs;            // PEM file of CAs that client certificates must chain to
-    std::string ciphers;             // OpenSSL cipher list (TLS 1.2 and below); empty: Python's
+    int version = 17;      // ssl.PROTOCOL_*: 2 TLS, 3 TLSv1, 4 TLSv1_1, 5 TLSv1_2, 17 TLS_SERVER
+    int cert_reqs = 0;     // ssl.CERT_NONE 0, CERT_OPTIONAL 1, CERT_REQUIRED 2
+    std::string ca_certs;  // PEM file of CAs that client certificates must chain to
+    std::string ciphers;   // OpenSSL cipher list (TLS 1.2 and below); empty: Python's
 };
 
 class TlsContext {
@@ -58,9 +58,9 @@ class TlsSession {
     TlsSession& operator=(const TlsSession&) = delete;
 
     // What read() found besides plaintext.
-    static constexpr long kNeedMore = 0;    // everything fed has been consumed
-    static constexpr long kClosed = -1;     // the peer sent close_notify
-    static constexpr long kFailed = -2;     // handshake or protocol error: see error()
+    static constexpr long kNeedMore = 0;  // everything fed has been consumed
+    static constexpr long kClosed = -1;   // the peer sent close_notify
+    static constexpr long kFailed = -2;   // handshake or protocol error: see error()
 
     // Ciphertext from the peer.
     void feed(std::string_view ciphertext);
