@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from websockets.sync.client import connect as ws_connect
 
-from conftest import REPO_DIR, base_env
+from conftest import APPS_DIR, REPO_DIR, START_TIMEOUT, ServerProcess, base_env, require_kind
 from rawhttp import Conn, build_request
 from support import norm_scope
 
@@ -384,3 +384,28 @@ def test_workers_serve_tls(cppuvicorn_servers, certs):
     for _ in range(4):
         r = fetch(srv, ctx, "GET", "/scope")
         assert r.status == 200 and r.json()["scheme"] == "https"
+
+
+@pytest.mark.cppuvicorn_only
+def test_gunicorn_worker_passes_tls_options(certs):
+    """gunicorn's --certfile/--keyfile/--ca-certs/--cert-reqs reach the worker's native TLS."""
+    require_kind("cppuvicorn")
+    command = [sys.executable, "-m", "gunicorn", "-k", "cppuvicorn.workers.CppUvicornWorker", "--workers", "1",
+               "--bind", "127.0.0.1:0", "--chdir", str(APPS_DIR), "--no-control-socket",
+               "--certfile", certs.cert_file, "--keyfile", certs.key_file, "--ca-certs", certs.ca_file,
+               "--cert-reqs", "2", "raw_app:app"]
+    srv = ServerProcess("gunicorn", app=None, command=command)
+    srv.start(wait_ready=False)
+    try:
+        m = srv.wait_for_line(r"Listening at: https://127\.0\.0\.1:(\d+)", timeout=START_TIMEOUT)
+        srv.scheme, srv.host, srv.port = "https", "127.0.0.1", int(m.group(1))
+        srv.wait_for_line("Application startup complete", timeout=START_TIMEOUT)
+        scope = fetch(srv, certs.client_context(with_cert=True), "GET", "/scope").json()
+        assert scope["scheme"] == "https"
+        assert f"CN={CLIENT_CN}" in scope["extensions"]["tls"]["client_cert_name"]
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with tls_conn(srv, certs.client_context()) as conn:
+                conn.send(build_request("GET", "/"))
+                conn.sock.recv(1024)
+    finally:
+        srv.kill()
