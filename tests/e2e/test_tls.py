@@ -409,3 +409,21 @@ def test_gunicorn_worker_passes_tls_options(certs):
                 conn.sock.recv(1024)
     finally:
         srv.kill()
+
+
+def test_stalled_handshake_is_closed_by_the_keep_alive_timeout(cppuvicorn_servers, certs):
+    """A client that never finishes its handshake holds the connection only for
+    --timeout-keep-alive (asyncio, so Uvicorn, waits 60 s: its ssl_handshake_timeout)."""
+    import time
+
+    srv = cppuvicorn_servers.get("raw_app:app", *certs.args("--timeout-keep-alive", "1"))
+    with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # part of a ClientHello
+        start = time.monotonic()
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionError:
+            pass
+        assert time.monotonic() - start < 3.5
+    assert fetch(srv, certs.client_context(), "GET", "/").status == 200
