@@ -159,43 +159,46 @@ TEST_CASE("TLS: a partial ClientHello waits for more", "[tls]") {
     CHECK(session.has_output());  // ServerHello and the rest of the server's flight
 }
 
+// The reason TlsContext gives for refusing `c` (empty if it accepted it).
+std::string refusal(const TlsConfig& c) {
+    try {
+        TlsContext ctx(c);
+    } catch (const std::runtime_error& e) {
+        return e.what();
+    }
+    return {};
+}
+
 TEST_CASE("TLS: unusable options are refused with a reason", "[tls]") {
     TlsConfig c = server_config();
-    std::string expected;
+    REQUIRE(refusal(c).empty());
     SECTION("missing key file") {
         c.keyfile = temp_dir() + "/missing.key";
-        expected = "missing.key: No such file or directory";
+        CHECK_THAT(refusal(c), Catch::Contains("missing.key: No such file or directory"));
     }
     SECTION("the certificate is not one") {
         c.certfile = server_identity().key_file;
-        expected = "cannot load the certificate";
+        CHECK_THAT(refusal(c), Catch::Contains("cannot load the certificate"));
     }
     SECTION("key and certificate do not match") {
         static Identity other("other");
         c.keyfile = other.key_file;
-        expected = "does not match";
+        CHECK_THAT(refusal(c), Catch::Contains("does not match"));
     }
     SECTION("client-side protocol") {
         c.version = 16;
-        expected = "PROTOCOL_TLS_CLIENT";
+        CHECK_THAT(refusal(c), Catch::Contains("PROTOCOL_TLS_CLIENT"));
     }
     SECTION("unknown cert_reqs") {
         c.cert_reqs = 7;
-        expected = "ssl_cert_reqs 7";
+        CHECK_THAT(refusal(c), Catch::Contains("ssl_cert_reqs 7"));
     }
     SECTION("no usable cipher") {
         c.ciphers = "NOT-A-CIPHER";
-        expected = "NOT-A-CIPHER";
+        CHECK_THAT(refusal(c), Catch::Contains("NOT-A-CIPHER"));
     }
     SECTION("no certificate") {
         c.certfile.clear();
-        expected = "ssl_certfile is required";
-    }
-    try {
-        TlsContext ctx(c);
-        FAIL("TlsContext accepted unusable options");
-    } catch (const std::runtime_error& e) {
-        CAPTURE(e.what());
-        CHECK(std::string(e.what()).find(expected) != std::string::npos);
+        CHECK_THAT(refusal(c), Catch::Contains("ssl_certfile is required"));
     }
 }
