@@ -220,6 +220,9 @@ ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
         d->tls = build_tls_extension(*tls, server_cert_);
         if (d->tls == nullptr) report_python_error("building the ASGI tls extension");
     }
+    // Uvicorn checks the scope's client host, None on a UNIX socket: trusted only under "*".
+    d->proxy_trusted = options_.proxy_headers &&
+                       options_.forwarded_allow_ips.contains(peer.unix_socket ? "" : peer.host);
     conn.user_data = d;
     return *d;
 }
@@ -259,7 +262,13 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     ConnData& cd = conn_data(conn);
     ScopeInputs in{asgi_template_, cd.client,          cd.server, scheme_,
                    root_path_,     options_.root_path, state_,    cd.tls};
-    PyObject* scope = build_http_scope(head, in);
+    PyObject* forwarded_client = nullptr;
+    PyObject* scope = nullptr;
+    if (!cd.proxy_trusted ||
+        apply_proxy_headers(options_.forwarded_allow_ips, head, false, in, forwarded_client)) {
+        scope = build_http_scope(head, in);
+    }
+    Py_XDECREF(forwarded_client);  // the scope holds it now
     if (scope == nullptr) {
         report_python_error("building the ASGI scope");
         conn.respond_simple(500, "Internal Server Error");
@@ -269,6 +278,11 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     if (limit > 0 && (server_.connection_count() >= static_cast<std::size_t>(limit) ||
                       tasks_ >= static_cast<std::size_t>(limit))) {
         log_error(n::warning, "Exceeded concurrency limit.");
+        // Uvicorn answers this with an app that its proxy-headers middleware does not wrap:
+        // its access line names the peer, not the forwarded client.
+        if (in.client != cd.client && PyDict_SetItem(scope, n::client, cd.client) != 0) {
+            PyErr_Clear();
+        }
         log_access(scope, conn, 503);
         conn.respond_simple(503, "Service Unavailable");
         Py_DECREF(scope);

@@ -29,6 +29,9 @@ struct BridgeOptions {
     long limit_concurrency = 0;        // 0: no limit
     bool ws = true;                    // WebSocket upgrades (false: served as plain HTTP)
     std::shared_ptr<const core::TlsContext> tls;  // TLS on every listener, or null
+    // --proxy-headers: X-Forwarded-* from peers in --forwarded-allow-ips rewrite scheme/client.
+    bool proxy_headers = false;
+    core::TrustedHosts forwarded_allow_ips;
 };
 
 // Per-connection Python values, shared by the connection and the cycles it carried (a cycle
@@ -39,6 +42,7 @@ struct ConnData {
     PyObject* client = nullptr;  // (host, port) or None
     PyObject* server = nullptr;  // (host, port) or (path, None)
     PyObject* tls = nullptr;     // the ASGI "tls" extension dict, or nullptr without TLS
+    bool proxy_trusted = false;  // the peer may set X-Forwarded-* (decided once per connection)
     int refs = 1;
     void retain() { ++refs; }
     void release();

@@ -4,7 +4,10 @@
 #include "asgi_bridge/bridge_server.hpp"
 #include "asgi_bridge/py_names.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace cppuvicorn::asgi {
@@ -24,6 +27,61 @@ struct HttpCycle {
 };
 
 namespace {
+
+// Request body not yet handed to the app, gathered straight into a bytes object: receive()
+// gives that object away instead of copying the bytes once more (64 KiB bodies are copied
+// from the read buffer exactly once on their way to the app).
+class BodyBuffer {
+  public:
+    BodyBuffer() = default;
+    BodyBuffer(const BodyBuffer&) = delete;
+    BodyBuffer& operator=(const BodyBuffer&) = delete;
+    ~BodyBuffer() { Py_XDECREF(bytes_); }
+
+    bool empty() const { return size_ == 0; }
+    std::size_t size() const { return size_; }
+
+    // False (with a Python error set) when memory runs out.
+    bool append(std::string_view chunk, std::size_t high_water) {
+        if (chunk.empty()) return true;
+        std::size_t need = size_ + chunk.size();
+        if (need > capacity_) {
+            // A small first chunk is usually the whole body; a big one is followed by more
+            // until the high-water mark pauses reading, so room for that much saves regrowth.
+            std::size_t cap = need < 4096 ? need : std::max({need, high_water, capacity_ * 2});
+            if (bytes_ == nullptr) {
+                bytes_ = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(cap));
+            } else if (_PyBytes_Resize(&bytes_, static_cast<Py_ssize_t>(cap)) != 0) {
+                bytes_ = nullptr;  // _PyBytes_Resize freed it
+            }
+            if (bytes_ == nullptr) {
+                size_ = capacity_ = 0;
+                return false;
+            }
+            capacity_ = cap;
+        }
+        std::memcpy(PyBytes_AS_STRING(bytes_) + size_, chunk.data(), chunk.size());
+        size_ = need;
+        return true;
+    }
+
+    // The gathered bytes as a new reference (b"" when empty); the buffer is empty after.
+    PyObject* take() {
+        if (size_ == 0) return Py_NewRef(n::empty_bytes);
+        if (size_ != capacity_ && _PyBytes_Resize(&bytes_, static_cast<Py_ssize_t>(size_)) != 0) {
+            bytes_ = nullptr;
+            size_ = capacity_ = 0;
+            return nullptr;
+        }
+        size_ = capacity_ = 0;
+        return std::exchange(bytes_, nullptr);
+    }
+
+  private:
+    PyObject* bytes_ = nullptr;  // refcount 1 and unshared until take(): resizable in place
+    std::size_t size_ = 0;
+    std::size_t capacity_ = 0;
+};
 
 // The C++ half of the cycle: core's RequestHandler plus the ASGI state machine.
 class CycleHandler final : public core::RequestHandler {
@@ -55,7 +113,11 @@ class CycleHandler final : public core::RequestHandler {
 
     // ---- core::RequestHandler ----
     void on_body(std::string_view chunk) noexcept override {
-        body_.append(chunk);
+        if (!body_.append(chunk, server_.config().read_high_water)) {
+            server_.report_python_error("buffering the request body");
+            if (conn_ != nullptr) conn_->abort();
+            return;
+        }
         if (receive_waiter_ != nullptr) {
             wake_receiver();
         } else if (body_.size() >= server_.config().read_high_water && conn_ != nullptr) {
@@ -138,7 +200,7 @@ class CycleHandler final : public core::RequestHandler {
     PyObject* task_ = nullptr;
     PyObject* receive_waiter_ = nullptr;
     PyObject* send_waiter_ = nullptr;
-    std::string body_;
+    BodyBuffer body_;
     bool body_complete_ = false;
     bool final_body_delivered_ = false;
     bool disconnected_ = false;
@@ -334,9 +396,7 @@ PyObject* CycleHandler::next_message() {
     if (!over && (!body_.empty() || (body_complete_ && !final_body_delivered_))) {
         PyObject* msg = PyDict_New();
         if (msg == nullptr) return nullptr;
-        PyObject* body = body_.empty() ? Py_NewRef(n::empty_bytes)
-                                       : PyBytes_FromStringAndSize(
-                                             body_.data(), static_cast<Py_ssize_t>(body_.size()));
+        PyObject* body = body_.take();
         bool ok = body != nullptr && PyDict_SetItem(msg, n::type, n::http_request) == 0 &&
                   PyDict_SetItem(msg, n::body, body) == 0 &&
                   PyDict_SetItem(msg, n::more_body, body_complete_ ? Py_False : Py_True) == 0;
@@ -346,7 +406,6 @@ PyObject* CycleHandler::next_message() {
             return nullptr;
         }
         if (body_complete_) final_body_delivered_ = true;
-        body_.clear();
         if (conn_ != nullptr) conn_->resume_body();
         return msg;
     }

@@ -3,6 +3,7 @@
 #include "asgi_bridge/bridge_server.hpp"
 #include "asgi_bridge/http_cycle.hpp"
 #include "asgi_bridge/py_names.hpp"
+#include "asgi_bridge/scope.hpp"
 #include "asgi_bridge/websocket_cycle.hpp"
 
 #include <pybind11/pybind11.h>
@@ -32,8 +33,14 @@ std::unique_ptr<BridgeServer> make_server(
     std::size_t max_head_size, std::string scheme, int backlog, bool ws, std::uint64_t ws_max_size,
     std::size_t ws_max_queue, std::optional<double> ws_ping_interval,
     std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
-    std::string asgi_version, std::shared_ptr<TlsContext> tls) {
+    std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
+    bool forwarded_allow_all, std::shared_ptr<TlsContext> tls) {
     BridgeOptions opts;
+    if (forwarded_allow_ips) {
+        opts.proxy_headers = true;
+        opts.forwarded_allow_ips =
+            cppuvicorn::core::TrustedHosts(forwarded_allow_all, *forwarded_allow_ips);
+    }
     opts.root_path = std::move(root_path);
     opts.scheme = std::move(scheme);
     opts.asgi_version = std::move(asgi_version);
@@ -92,6 +99,31 @@ PYBIND11_MODULE(_core, m) {
         throw py::error_already_set();
     }
     m.def("version", []() { return std::string("0.1.0"); });
+    // For tests: what the native proxy-headers step makes of one request, as
+    // (peer trusted, scheme or None, client or None). Same code path as a served request.
+    m.def(
+        "_proxy_headers",
+        [](bool trust_all, const std::vector<std::string>& entries, const std::string& peer,
+           const std::vector<std::pair<std::string, std::string>>& headers, bool websocket) {
+            cppuvicorn::core::TrustedHosts trusted(trust_all, entries);
+            cppuvicorn::core::RequestHead head;
+            for (const auto& [name, value] : headers)
+                head.headers.push_back({name, value});
+            cppuvicorn::asgi::ScopeInputs in{};
+            in.client = Py_None;
+            in.scheme = Py_None;
+            PyObject* client = nullptr;
+            bool peer_trusted = trusted.contains(peer);
+            if (peer_trusted &&
+                !cppuvicorn::asgi::apply_proxy_headers(trusted, head, websocket, in, client)) {
+                throw py::error_already_set();
+            }
+            py::object owned = py::reinterpret_steal<py::object>(client);
+            return py::make_tuple(peer_trusted, py::reinterpret_borrow<py::object>(in.scheme),
+                                  py::reinterpret_borrow<py::object>(in.client));
+        },
+        py::arg("trust_all"), py::arg("entries"), py::arg("peer"), py::arg("headers"),
+        py::arg("websocket") = false);
 
     // The SSL_CTX of one server, from Uvicorn's --ssl-* options. Building it checks them all:
     // RuntimeError with OpenSSL's reason (unreadable file, bad key or password, mismatch).
@@ -126,6 +158,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("ws_max_queue") = 32, py::arg("ws_ping_interval") = 20.0,
              py::arg("ws_ping_timeout") = 20.0, py::arg("ws_per_message_deflate") = true,
              py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0",
+             py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false,
              py::arg("tls") = nullptr)
         .def(
             "listen_tcp",

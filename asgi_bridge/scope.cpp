@@ -3,6 +3,7 @@
 
 #include "asgi_bridge/py_names.hpp"
 
+#include <iterator>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -61,6 +62,35 @@ PyObject* str_or_none(const std::optional<std::string>& s) {
     return PyUnicode_DecodeUTF8(s->data(), static_cast<Py_ssize_t>(s->size()), "replace");
 }
 
+// The interned scheme string for read_forwarded_headers' static names; borrowed.
+PyObject* scheme_object(std::string_view scheme) {
+    static constexpr std::string_view kNames[] = {"http", "https", "ws", "wss"};
+    static PyObject* objects[std::size(kNames)] = {};
+    for (std::size_t i = 0; i < std::size(kNames); ++i) {
+        if (scheme != kNames[i]) continue;
+        if (objects[i] == nullptr) objects[i] = PyUnicode_InternFromString(kNames[i].data());
+        return objects[i];
+    }
+    return nullptr;
+}
+
+// The port as Python's int() gave it to Uvicorn (any size, any sign).
+PyObject* port_object(const std::string& canonical) {
+    if (canonical.size() <= 18) {
+        long long v = 0;
+        for (char c : canonical)
+            v = c == '-' ? v : v * 10 + (c - '0');
+        return PyLong_FromLongLong(canonical[0] == '-' ? -v : v);
+    }
+    PyObject* port = PyLong_FromString(canonical.c_str(), nullptr, 10);
+    if (port == nullptr) {
+        // Only if PYTHONINTMAXSTRDIGITS was set below 4300 digits, where Uvicorn's int() fails.
+        PyErr_Clear();
+        port = PyLong_FromLong(0);
+    }
+    return port;
+}
+
 }  // namespace
 
 PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert) {
@@ -95,6 +125,27 @@ PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert
         return nullptr;
     }
     return ext;
+}
+
+bool apply_proxy_headers(const core::TrustedHosts& trusted, const core::RequestHead& head,
+                         bool websocket, ScopeInputs& in, PyObject*& owned_client) {
+    core::ForwardedValues v = core::read_forwarded_headers(trusted, head.headers, websocket);
+    if (!v.scheme.empty()) {
+        PyObject* scheme = scheme_object(v.scheme);
+        if (scheme == nullptr) return false;
+        in.scheme = scheme;
+    }
+    if (v.has_client) {
+        PyObject* host = PyUnicode_DecodeLatin1(
+            v.client_host.data(), static_cast<Py_ssize_t>(v.client_host.size()), nullptr);
+        PyObject* port = host != nullptr ? port_object(v.client_port) : nullptr;
+        owned_client = port != nullptr ? PyTuple_Pack(2, host, port) : nullptr;
+        Py_XDECREF(host);
+        Py_XDECREF(port);
+        if (owned_client == nullptr) return false;
+        in.client = owned_client;
+    }
+    return true;
 }
 
 void split_target(std::string_view target, std::string_view& path, std::string_view& query) {

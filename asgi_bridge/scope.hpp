@@ -3,6 +3,7 @@
 // from pybind11 objects measured 3x slower). GIL required.
 #pragma once
 
+#include "core/proxy_headers.hpp"
 #include "core/request_handler.hpp"
 #include "core/tls.hpp"
 
@@ -32,6 +33,14 @@ PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert
 
 // New reference, or nullptr with a Python error set.
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in);
+
+// Uvicorn's ProxyHeadersMiddleware, before the scope exists: for a request whose peer is in
+// `trusted` (the caller checked, once per connection), points in.scheme and in.client at what
+// X-Forwarded-Proto / X-Forwarded-For say. A new client tuple goes to `owned_client` (a new
+// reference the caller releases once the scope is built); false with a Python error set if it
+// could not be made.
+bool apply_proxy_headers(const core::TrustedHosts& trusted, const core::RequestHead& head,
+                         bool websocket, ScopeInputs& in, PyObject*& owned_client);
 
 // Splits a request-target into path and query (origin-form, absolute-form and "*").
 void split_target(std::string_view target, std::string_view& path, std::string_view& query);

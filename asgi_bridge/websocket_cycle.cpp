@@ -7,7 +7,7 @@
 #include "core/websocket_codec.hpp"
 #include "core/websocket_connection.hpp"
 
-#include <deque>
+#include <cstddef>
 #include <new>
 #include <string>
 #include <utility>
@@ -147,6 +147,36 @@ PyObject* header_error(core::HeaderError e) {
 
 class WsHandler;
 
+// FIFO of owned references for receive(). std::deque would allocate a 512-byte block for every
+// session, busy or idle; this is a vector (usually one or two slots) reused once drained.
+class MessageQueue {
+  public:
+    bool empty() const { return head_ == items_.size(); }
+    std::size_t size() const { return items_.size() - head_; }
+    void push(PyObject* message) { items_.push_back(message); }
+    PyObject* pop() {
+        PyObject* m = items_[head_++];
+        if (head_ == items_.size()) {
+            items_.clear();
+            head_ = 0;
+        } else if (head_ >= 16 && head_ * 2 >= items_.size()) {
+            // Never drained (the app stays behind): drop the consumed prefix now and then.
+            items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
+        }
+        return m;
+    }
+    template <typename F>
+    void for_each(F f) const {
+        for (std::size_t i = head_; i < items_.size(); ++i)
+            f(items_[i]);
+    }
+
+  private:
+    std::vector<PyObject*> items_;
+    std::size_t head_ = 0;
+};
+
 }  // namespace
 
 struct WsCycle {
@@ -183,9 +213,11 @@ class WsHandler final : public core::WebSocketHandler {
         Py_VISIT(receive_waiter_);
         Py_VISIT(send_waiter_);
         Py_VISIT(disconnect_);
-        for (PyObject* m : queue_)
-            Py_VISIT(m);
-        return 0;
+        int r = 0;
+        queue_.for_each([&](PyObject* m) {
+            if (r == 0 && m != nullptr) r = visit(m, arg);
+        });
+        return r;
     }
 
     void clear() {
@@ -194,10 +226,8 @@ class WsHandler final : public core::WebSocketHandler {
         Py_CLEAR(receive_waiter_);
         Py_CLEAR(send_waiter_);
         Py_CLEAR(disconnect_);
-        while (!queue_.empty()) {
-            Py_DECREF(queue_.front());
-            queue_.pop_front();
-        }
+        while (!queue_.empty())
+            Py_DECREF(queue_.pop());
     }
 
     // ---- core::WebSocketHandler ----
@@ -258,7 +288,7 @@ class WsHandler final : public core::WebSocketHandler {
     PyObject* receive_waiter_ = nullptr;
     PyObject* send_waiter_ = nullptr;
     PyObject* disconnect_ = nullptr;  // the disconnect message, handed out again and again
-    std::deque<PyObject*> queue_;     // messages for receive(), in order
+    MessageQueue queue_;              // messages for receive(), in order
     std::size_t max_queue_;
     // websocket.http.response.*: the response is sent whole once the body is complete.
     int response_status_ = 0;
@@ -476,7 +506,7 @@ void WsHandler::on_ws_release() noexcept {
 // WsHandler: queue and waiters
 
 void WsHandler::push(PyObject* message) {
-    queue_.push_back(message);
+    queue_.push(message);
     if (receive_waiter_ != nullptr) wake_receiver();
 }
 
@@ -500,8 +530,7 @@ void WsHandler::wake_receiver() {
     receive_waiter_ = nullptr;
     PyObject* done = PyObject_CallMethodNoArgs(fut, n::done);
     if (done == Py_False) {
-        PyObject* msg = queue_.front();
-        queue_.pop_front();
+        PyObject* msg = queue_.pop();
         PyObject* r = PyObject_CallMethodOneArg(fut, n::set_result, msg);
         Py_DECREF(msg);
         if (r == nullptr) server_.report_python_error("receive()");
@@ -538,8 +567,7 @@ void WsHandler::wake_sender(PyObject* exc_type) {
 
 PyObject* WsHandler::receive() {
     if (!queue_.empty()) {
-        PyObject* msg = queue_.front();
-        queue_.pop_front();
+        PyObject* msg = queue_.pop();
         if (reading_paused_ && queue_.size() < max_queue_) {
             reading_paused_ = false;
             if (ws_ != nullptr) ws_->resume_reading();
@@ -908,15 +936,71 @@ void WsHandler::finish(bool error) {
 
 namespace {
 
+// Header names and values that nearly every handshake carries, as shared bytes objects: a
+// session's scope holds its headers for its whole life, and with thousands of idle sessions one
+// bytes object per name and per common value adds up (bytes are immutable, so sharing them is
+// invisible to the application).
+class CommonBytes {
+  public:
+    // A new reference to the shared object for `s`, or a fresh bytes object.
+    PyObject* get(std::string_view s) {
+        if (s.size() <= kMaxLength) {
+            for (auto& e : entries_) {
+                if (e.text.size() == s.size() && e.text == s) {
+                    if (e.bytes == nullptr) {
+                        e.bytes = PyBytes_FromStringAndSize(e.text.data(),
+                                                            static_cast<Py_ssize_t>(e.text.size()));
+                        if (e.bytes == nullptr) return nullptr;
+                    }
+                    return Py_NewRef(e.bytes);
+                }
+            }
+        }
+        return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+    }
+
+  private:
+    struct Entry {
+        std::string_view text;
+        PyObject* bytes;  // created on first use, kept for the life of the process
+    };
+    static constexpr std::size_t kMaxLength = 48;
+    Entry entries_[23] = {
+        {"host", nullptr},
+        {"connection", nullptr},
+        {"upgrade", nullptr},
+        {"sec-websocket-key", nullptr},
+        {"sec-websocket-version", nullptr},
+        {"sec-websocket-extensions", nullptr},
+        {"sec-websocket-protocol", nullptr},
+        {"origin", nullptr},
+        {"user-agent", nullptr},
+        {"pragma", nullptr},
+        {"cache-control", nullptr},
+        {"accept-encoding", nullptr},
+        {"accept-language", nullptr},
+        {"cookie", nullptr},
+        {"authorization", nullptr},
+        {"websocket", nullptr},
+        {"Upgrade", nullptr},
+        {"keep-alive, Upgrade", nullptr},
+        {"13", nullptr},
+        {"no-cache", nullptr},
+        {"permessage-deflate; client_max_window_bits", nullptr},
+        {"gzip, deflate, br", nullptr},
+        {"gzip, deflate, br, zstd", nullptr},
+    };
+};
+
+CommonBytes common_bytes;
+
 PyObject* build_headers(const core::RequestHead& head) {
     PyObject* list = PyList_New(static_cast<Py_ssize_t>(head.headers.size()));
     if (list == nullptr) return nullptr;
     Py_ssize_t i = 0;
     for (const auto& h : head.headers) {
-        PyObject* name =
-            PyBytes_FromStringAndSize(h.name.data(), static_cast<Py_ssize_t>(h.name.size()));
-        PyObject* value =
-            PyBytes_FromStringAndSize(h.value.data(), static_cast<Py_ssize_t>(h.value.size()));
+        PyObject* name = common_bytes.get(h.name);
+        PyObject* value = common_bytes.get(h.value);
         PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
         Py_XDECREF(name);
         Py_XDECREF(value);
@@ -1032,7 +1116,12 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
     if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr) {
         ScopeInputs in{ws_asgi_template_, cd.client,          cd.server, ws_scheme_,
                        root_path_,        options_.root_path, state_,    cd.tls};
-        scope = build_ws_scope(head, in);
+        PyObject* forwarded_client = nullptr;
+        if (!cd.proxy_trusted ||
+            apply_proxy_headers(options_.forwarded_allow_ips, head, true, in, forwarded_client)) {
+            scope = build_ws_scope(head, in);
+        }
+        Py_XDECREF(forwarded_client);
     }
     WsCycle* cycle = scope != nullptr ? ws_cycle_new(*this, conn, scope) : nullptr;
     Py_XDECREF(scope);

@@ -166,10 +166,41 @@ void TcpConnection::flush() {
     after_write();
 }
 
+void TcpConnection::write_direct(std::string_view data) {
+    if (closing_) return;
+    // A queued write is in flight (order says behind it), or TLS (the data must be sealed:
+    // the caller's flush does it, in one SSL_write with what is already corked).
+    if (writing_ || tls_ != nullptr) {
+        out_.append(data);
+        return;
+    }
+    uv_buf_t bufs[2];
+    unsigned nbufs = 0;
+    if (!out_.empty()) bufs[nbufs++] = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    bufs[nbufs++] = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
+    int n = uv_try_write(stream(), bufs, nbufs);
+    if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
+    if (n < 0) {
+        close_now();
+        return;
+    }
+    auto written = static_cast<std::size_t>(n);
+    if (written < out_.size()) {
+        out_.erase(0, written);
+        out_.append(data);
+    } else {
+        out_.assign(data.substr(written - out_.size()));
+    }
+}
+
 void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
     auto* c = static_cast<TcpConnection*>(req->data);
     c->writing_ = false;
-    c->inflight_.clear();
+    if (c->inflight_.capacity() > kKeepInflightBytes) {
+        std::string().swap(c->inflight_);  // a big partial write: do not keep its buffer
+    } else {
+        c->inflight_.clear();
+    }
     if (status < 0) {
         c->close_now();
         return;

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace cppuvicorn::core {
 
@@ -33,6 +34,7 @@ class TcpConnection final : public Transport {
     std::string& out() override { return out_; }
     void flush() override;
     void schedule_flush() override;
+    void write_direct(std::string_view data) override;
     std::size_t buffered() const override { return out_.size() + wire_.size() + inflight_.size(); }
     void pause_reading() override;
     void resume_reading() override;
@@ -74,6 +76,7 @@ class TcpConnection final : public Transport {
     std::string out_;       // corked output not yet handed to the kernel
     std::string inflight_;  // owned by the pending uv_write
     std::string wire_;      // with TLS: sealed records not yet handed to the kernel
+    static constexpr std::size_t kKeepInflightBytes = 65536;
     bool unix_socket_;
     bool writing_ = false;
     bool reading_ = false;

@@ -9,6 +9,8 @@ namespace {
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr std::string_view kInvalidRequest = "Invalid HTTP request received.";
+// Body writes at least this big skip the copy into the output buffer (see write_direct).
+constexpr std::size_t kDirectWriteMin = 16384;
 
 }  // namespace
 
@@ -69,6 +71,8 @@ void HttpConnection::process(std::string_view data) {
         if (ws_) {
             // The upgrade request was the last HTTP/1.1 message: the rest is WebSocket frames.
             in_process_ = false;
+            parser_.release_buffers();
+            std::string().swap(pending_);
             ws_->on_data(data);
             return;
         }
@@ -259,7 +263,11 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
         response_.remaining -= data.size();
     }
     std::string& out = transport_.out();
-    write_body_chunk(out, response_, data);
+    if (response_.framing == Framing::kContentLength && data.size() >= kDirectWriteMin) {
+        transport_.write_direct(data);  // headers (if still queued) and body in one writev
+    } else {
+        write_body_chunk(out, response_, data);
+    }
     if (!more) {
         write_body_end(out, response_);
         response_complete_ = true;

@@ -27,6 +27,10 @@ class Transport {
     virtual void flush() = 0;
     // Flush out() before the end of this loop turn; lets writes of one turn coalesce.
     virtual void schedule_flush() = 0;
+    // Appends `data` after out() and tries to hand both to the kernel now, copying only what
+    // it does not take (for large bodies: one writev instead of a copy into out()). The caller
+    // flushes or schedules as after appending to out().
+    virtual void write_direct(std::string_view data) { out().append(data); }
     // Bytes accepted but not yet handed to the kernel.
     virtual std::size_t buffered() const = 0;
     virtual void pause_reading() = 0;

@@ -91,6 +91,14 @@ class WsDecoder {
     void set_allow_rsv1(bool allow) { allow_rsv1_ = allow; }
     // Bytes received but not returned as frames yet.
     std::size_t buffered() const { return buf_.size() - consumed_; }
+    // With nothing buffered, frees the buffer if it grew beyond `keep` bytes (the last frame's
+    // payload view dies).
+    void trim(std::size_t keep) {
+        if (buffered() == 0 && buf_.capacity() > keep) {
+            std::string().swap(buf_);
+            consumed_ = 0;
+        }
+    }
 
     enum class Status : std::uint8_t { kFrame, kNeedMore, kError };
     // Decodes the next complete frame. On kError, error_code() says which close code to send.

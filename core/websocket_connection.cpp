@@ -55,22 +55,189 @@ std::string latin1_to_utf8(std::string_view s) {
     return out;
 }
 
-// Comma-separated list elements of every header called `name` (RFC 9110 §5.6.1: empty
-// elements are ignored), as websockets' parse_connection / parse_upgrade collect them.
-std::vector<std::string_view> list_tokens(const RequestHead& head, std::string_view name) {
-    std::vector<std::string_view> out;
+// ---- websockets.headers, ported: the grammar websockets checks handshake headers against
+// (RFC 9110 lists of RFC 6455 §9.1 items), with its error texts and positions. A header value
+// is parsed as websockets sees it (ISO-8859-1, surrounding blanks stripped); positions are byte
+// offsets, which are its character offsets.
+
+bool is_tchar(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+}
+
+bool is_token(std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+        return is_tchar(static_cast<unsigned char>(c));
+    });
+}
+
+// One parse of one header value; `error` is set on the first failure.
+struct ListParser {
+    std::string_view header;
+    std::size_t pos = 0;
+    std::string error;
+
+    int peek() const {
+        return pos < header.size() ? static_cast<unsigned char>(header[pos]) : -1;
+    }
+    void ows() {
+        while (pos < header.size() && (header[pos] == ' ' || header[pos] == '\t'))
+            ++pos;
+    }
+    bool fail(std::string_view what, std::size_t at) {
+        if (error.empty()) error = fmt::format("{} at {} in {}", what, at, header);
+        return false;
+    }
+    bool token(std::string_view& out) {
+        std::size_t start = pos;
+        while (pos < header.size() && is_tchar(static_cast<unsigned char>(header[pos])))
+            ++pos;
+        if (pos == start) return fail("expected token", start);
+        out = header.substr(start, pos - start);
+        return true;
+    }
+    // _quoted_string_re, then unquoting.
+    bool quoted_string(std::string& out) {
+        std::size_t start = pos;
+        std::size_t i = pos + 1;
+        out.clear();
+        while (i < header.size()) {
+            auto c = static_cast<unsigned char>(header[i]);
+            if (c == '"') {
+                pos = i + 1;
+                return true;
+            }
+            if (c == '\\') {
+                if (i + 1 >= header.size()) break;
+                auto e = static_cast<unsigned char>(header[i + 1]);
+                if (!(e == '\t' || (e >= 0x20 && e != 0x7F))) break;
+                out.push_back(static_cast<char>(e));
+                i += 2;
+                continue;
+            }
+            if (!(c == '\t' || (c >= 0x20 && c <= 0x7E))) break;
+            out.push_back(static_cast<char>(c));
+            ++i;
+        }
+        return fail("expected quoted string", start);
+    }
+    // parse_upgrade_protocol: token ["/" token].
+    bool protocol(std::string_view& out) {
+        std::size_t start = pos;
+        while (pos < header.size() && is_tchar(static_cast<unsigned char>(header[pos])))
+            ++pos;
+        if (pos == start) return fail("expected protocol", start);
+        if (pos + 1 < header.size() && header[pos] == '/' &&
+            is_tchar(static_cast<unsigned char>(header[pos + 1]))) {
+            ++pos;
+            while (pos < header.size() && is_tchar(static_cast<unsigned char>(header[pos])))
+                ++pos;
+        }
+        out = header.substr(start, pos - start);
+        return true;
+    }
+    // parse_list: 1#item, empty elements ignored. `item` returns false after fail().
+    template <typename Item>
+    bool list(Item item) {
+        while (peek() == ',') {
+            ++pos;
+            ows();
+        }
+        while (true) {
+            if (!item()) return false;
+            ows();
+            if (pos == header.size()) return true;
+            if (peek() != ',') return fail("expected comma", pos);
+            ++pos;
+            ows();
+            while (peek() == ',') {
+                ++pos;
+                ows();
+            }
+            if (pos == header.size()) return true;
+        }
+    }
+};
+
+// The items of every header called `name`, parsed with `parse_item(parser, out)`; on the first
+// malformed value, `error` gets websockets' InvalidHeaderFormat text.
+template <typename T, typename ParseItem>
+std::vector<T> parse_header_lists(const RequestHead& head, std::string_view name,
+                                  std::string_view display_name, ParseItem parse_item,
+                                  std::string& error) {
+    std::vector<T> out;
     for (const auto& h : head.headers) {
         if (h.name != name) continue;
-        std::string_view v = h.value;
-        while (true) {
-            std::size_t comma = v.find(',');
-            std::string_view item = trim(v.substr(0, comma));
-            if (!item.empty()) out.push_back(item);
-            if (comma == std::string_view::npos) break;
-            v.remove_prefix(comma + 1);
+        ListParser p;
+        p.header = trim(h.value);
+        bool ok = p.list([&] {
+            T item;
+            if (!parse_item(p, item)) return false;
+            out.push_back(std::move(item));
+            return true;
+        });
+        if (!ok) {
+            error = fmt::format("invalid {} header: {}", display_name, latin1_to_utf8(p.error));
+            return out;
         }
     }
     return out;
+}
+
+std::vector<std::string_view> parse_token_lists(const RequestHead& head, std::string_view name,
+                                                std::string_view display_name,
+                                                std::string& error, bool protocols = false) {
+    return parse_header_lists<std::string_view>(
+        head, name, display_name,
+        [protocols](ListParser& p, std::string_view& item) {
+            return protocols ? p.protocol(item) : p.token(item);
+        },
+        error);
+}
+
+// parse_extension: name *(";" param ["=" (token / quoted token)]), rebuilt without quotes and
+// blanks ("name; a=b; c") for negotiate_permessage_deflate once it is known to be well formed.
+std::string parse_extensions(const RequestHead& head, std::string& error) {
+    auto items = parse_header_lists<std::string>(
+        head, "sec-websocket-extensions", "Sec-WebSocket-Extensions",
+        [](ListParser& p, std::string& item) {
+            std::string_view name;
+            if (!p.token(name)) return false;
+            item.assign(name);
+            p.ows();
+            while (p.peek() == ';') {
+                ++p.pos;
+                p.ows();
+                std::string_view param;
+                if (!p.token(param)) return false;
+                item.append("; ").append(param);
+                p.ows();
+                if (p.peek() != '=') continue;
+                ++p.pos;
+                p.ows();
+                if (p.peek() == '"') {
+                    std::size_t before = p.pos;
+                    std::string value;
+                    if (!p.quoted_string(value)) return false;
+                    // RFC 6455 §9.1: the unquoted value must be a token too.
+                    if (!is_token(value)) return p.fail("invalid quoted header content", before);
+                    item.append("=").append(value);
+                } else {
+                    std::string_view value;
+                    if (!p.token(value)) return false;
+                    item.append("=").append(value);
+                }
+                p.ows();
+            }
+            return true;
+        },
+        error);
+    std::string joined;
+    for (const auto& item : items) {
+        if (!joined.empty()) joined.append(", ");
+        joined.append(item);
+    }
+    return joined;
 }
 
 std::string join(const std::vector<std::string_view>& items) {
@@ -228,6 +395,22 @@ bool is_websocket_upgrade(const RequestHead& head) {
     }
 }
 
+namespace {
+
+// websockets' InvalidUpgrade answer: 426 with the browser hint and "Upgrade: websocket".
+WsHandshake reject_upgrade(WsHandshake& r, std::string_view name,
+                           const std::vector<std::string_view>& tokens) {
+    std::string what = tokens.empty() ? fmt::format("missing {} header", name)
+                                      : fmt::format("invalid {} header: {}", name,
+                                                    latin1_to_utf8(join(tokens)));
+    r.status = 426;
+    r.body = fmt::format("{}{}.\n{}", kFailed, what, kBrowserHint);
+    r.extra_header = "Upgrade: websocket\r\n";
+    return r;
+}
+
+}  // namespace
+
 WsHandshake check_websocket_handshake(const RequestHead& head, bool per_message_deflate) {
     // websockets' Request.parse, then ServerProtocol.process_request, in their order.
     WsHandshake r;
@@ -251,27 +434,21 @@ WsHandshake check_websocket_handshake(const RequestHead& head, bool per_message_
         r.extra_header = "Allow: GET\r\n";
         return r;
     }
-    auto connection = list_tokens(head, "connection");
+    std::string error;
+    auto connection = parse_token_lists(head, "connection", "Connection", error);
+    if (!error.empty()) return reject(400, error);
     bool has_upgrade = std::any_of(connection.begin(), connection.end(),
                                    [](std::string_view t) { return iequals(t, "upgrade"); });
-    auto upgrade = list_tokens(head, "upgrade");
-    bool websocket = upgrade.size() == 1 && iequals(upgrade[0], "websocket");
-    if (!has_upgrade || !websocket) {
-        std::string_view name = !has_upgrade ? "Connection" : "Upgrade";
-        const auto& tokens = !has_upgrade ? connection : upgrade;
-        std::string what = tokens.empty() ? fmt::format("missing {} header", name)
-                                          : fmt::format("invalid {} header: {}", name,
-                                                        latin1_to_utf8(join(tokens)));
-        reject(426, what);
-        r.body.append(kBrowserHint);
-        r.extra_header = "Upgrade: websocket\r\n";
-        return r;
+    if (!has_upgrade) return reject_upgrade(r, "Connection", connection);
+    auto upgrade = parse_token_lists(head, "upgrade", "Upgrade", error, true);
+    if (!error.empty()) return reject(400, error);
+    if (upgrade.size() != 1 || !iequals(upgrade[0], "websocket")) {
+        return reject_upgrade(r, "Upgrade", upgrade);
     }
     int count = 0;
     const Header* key = single_header(head, "sec-websocket-key", count);
     if (count == 0) return reject(400, "missing Sec-WebSocket-Key header");
     if (count > 1) return reject(400, "invalid Sec-WebSocket-Key header: multiple values");
-    std::string error;
     std::size_t raw = strict_base64_length(key->value, error);
     if (!error.empty()) {
         return reject(400, fmt::format("invalid Sec-WebSocket-Key header: {}; {}",
@@ -293,16 +470,16 @@ WsHandshake check_websocket_handshake(const RequestHead& head, bool per_message_
     }
     single_header(head, "origin", count);
     if (count > 1) return reject(400, "invalid Origin header: multiple values");
-    r.accept_key = websocket_accept_key(key->value);
+    // process_extensions (only with an extension configured), then process_subprotocol.
+    std::string offers;
     if (per_message_deflate) {
-        std::string offers;
-        for (const auto& h : head.headers) {
-            if (h.name != "sec-websocket-extensions") continue;
-            if (!offers.empty()) offers.append(", ");
-            offers.append(h.value);
-        }
-        if (!offers.empty()) r.deflate = negotiate_permessage_deflate(offers);
+        offers = parse_extensions(head, error);
+        if (!error.empty()) return reject(400, error);
     }
+    parse_token_lists(head, "sec-websocket-protocol", "Sec-WebSocket-Protocol", error);
+    if (!error.empty()) return reject(400, error);
+    r.accept_key = websocket_accept_key(key->value);
+    if (!offers.empty()) r.deflate = negotiate_permessage_deflate(offers);
     return r;
 }
 
@@ -367,6 +544,7 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
         out.append("Sec-WebSocket-Protocol: ").append(subprotocol).append("\r\n");
     }
     out.append("\r\n");
+    std::string().swap(accept_key_);  // only needed for the 101
     state_ = State::kOpen;
     std::uint64_t interval = seconds_to_ms(ctx_.config.ws_ping_interval);
     if (interval > 0) ping_due_ms_ = transport_.now_ms() + interval;
@@ -745,7 +923,18 @@ WriteResult WebSocketConnection::write_state() {
     return WriteResult::kOk;
 }
 
+void WebSocketConnection::trim_buffers() {
+    // Not while frames are being handled: their payloads are views into the decoder's buffer.
+    if (in_frames_) return;
+    decoder_.trim(kIdleBufferBytes);
+    std::string& out = transport_.out();
+    if (out.empty() && out.capacity() > kIdleBufferBytes) std::string().swap(out);
+    if (!in_message_ && message_.capacity() > kIdleBufferBytes) std::string().swap(message_);
+    if (scratch_.capacity() > kIdleBufferBytes) std::string().swap(scratch_);
+}
+
 void WebSocketConnection::on_drained() {
+    trim_buffers();
     if (waiting_writable_ && handler_ != nullptr) {
         waiting_writable_ = false;
         handler_->on_ws_writable();

@@ -434,10 +434,8 @@ class Config:
             from cppuvicorn.middleware.message_logger import MessageLoggerMiddleware
 
             app = MessageLoggerMiddleware(app)
-        if self.proxy_headers:
-            from cppuvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-            app = ProxyHeadersMiddleware(app, trusted_hosts=self.forwarded_allow_ips)
+        # --proxy-headers is applied natively, before the scope is built (Server.startup passes
+        # forwarded_allow_ips to the core): no ProxyHeadersMiddleware here.
         if self.reset_contextvars:
             from cppuvicorn.middleware.reset_context import ResetContextVarsMiddleware
 

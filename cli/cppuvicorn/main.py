@@ -250,7 +250,7 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
 )
 @option(
     "--limit-max-requests-jitter",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Maximum jitter to add to limit_max_requests. Staggers worker restarts to avoid all workers restarting "

@@ -168,6 +168,7 @@ class Server:
             run_asgi_ws=run_asgi_ws,
             asgi_version=config.asgi_version,
             tls=config.ssl,
+            **self._proxy_headers_options(),
         )
         try:
             bound_port = self._listen(sockets)
@@ -182,6 +183,14 @@ class Server:
             self._log_started_message(bound_port)
         self.started = True
         self._beat(b"R")  # ready: the supervisor may now retire the worker this one replaces
+
+    def _proxy_headers_options(self) -> dict[str, Any]:
+        if not self.config.proxy_headers:
+            return {}
+        from cppuvicorn.middleware.proxy_headers import native_trusted_hosts
+
+        trust_all, entries = native_trusted_hosts(self.config.forwarded_allow_ips)
+        return {"forwarded_allow_ips": entries, "forwarded_allow_all": trust_all}
 
     def _access_log(self) -> Callable[..., None] | None:
         access_logger = logging.getLogger("uvicorn.access")

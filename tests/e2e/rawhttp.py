@@ -6,11 +6,12 @@ loop is bounded by a deadline, so a misbehaving server makes a test fail, never 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass, field
 
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = float(os.environ.get("E2E_IO_TIMEOUT", "5"))
 MAX_RESPONSE = 64 << 20  # refuse to buffer more than this from one server
 
 

@@ -69,6 +69,15 @@ def test_help_lists_every_uvicorn_option(servers):
     assert not missing, f"{servers.kind} --help lacks uvicorn options: {missing}"
 
 
+def test_negative_max_requests_jitter_is_a_usage_error(servers):
+    def run(s):
+        out = run_cli(s.kind, RAW_APP, "--limit-max-requests-jitter", "-1")
+        return out.returncode, out.stderr.splitlines()[-1]
+
+    code, line = servers.compare(run)
+    assert code == 2 and line == "Error: Invalid value for '--limit-max-requests-jitter': -1 is not in the range x>=0."
+
+
 # ----------------------------------------------------------------------------- binding
 
 

@@ -29,7 +29,7 @@ APP = "ws_apps:app"
 WS = ("--ws", "websockets-sansio")
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-TIMEOUT = 5.0
+TIMEOUT = float(os.environ.get("E2E_IO_TIMEOUT", "5"))
 
 
 # ----------------------------------------------------------------------------- raw client
@@ -197,7 +197,36 @@ HANDSHAKES = {
     "upgrade-mixed-case": {"upgrade": b"WebSocket"},
     "connection-list": {"connection": b"keep-alive, Upgrade"},
     "content-length-0": {"extra": b"Content-Length: 0\r\n"},
+    "protocol-empty-elements": {"extra": b"Sec-WebSocket-Protocol: a,\t ,b \r\n"},
+    "extensions-quoted-escape": {
+        "extra": b'Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits="1\\0"\r\n'},
 }
+# Malformed header lists: websockets parses them with the RFC 6455 §9.1 / RFC 9110 grammar and
+# answers 400 with the position of the first error (values are ISO-8859-1).
+MALFORMED_LISTS = {
+    "connection-malformed": {"connection": b"Upgrade, a b"},
+    "connection-earlier-header-malformed": {"pre": b"Connection: a b\r\n"},
+    "extensions-trailing-semicolon": {"extra": b"Sec-WebSocket-Extensions: permessage-deflate;\r\n"},
+    "extensions-only-commas": {"extra": b"Sec-WebSocket-Extensions: , ,\r\n"},
+    "extensions-empty": {"extra": b"Sec-WebSocket-Extensions:\r\n"},
+    "extensions-quoted-not-a-token": {
+        "extra": b'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits="1 0"\r\n'},
+    "extensions-quoted-comma": {"extra": b'Sec-WebSocket-Extensions: foo; a="b,c", permessage-deflate\r\n'},
+    "extensions-unterminated-quote": {"extra": b'Sec-WebSocket-Extensions: permessage-deflate; a="b\r\n'},
+    "extensions-missing-comma": {"extra": b"Sec-WebSocket-Extensions: x, y=\r\n"},
+    "extensions-missing-value": {"extra": b"Sec-WebSocket-Extensions: permessage-deflate; a=\r\n"},
+    "extensions-latin1": {"extra": b'Sec-WebSocket-Extensions: permessage-deflate; a="\xe9"\r\n'},
+    "extensions-second-header": {"extra": b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                                          b"Sec-WebSocket-Extensions: a b\r\n"},
+    "protocol-space": {"extra": b"Sec-WebSocket-Protocol: a b\r\n"},
+    "protocol-empty": {"extra": b"Sec-WebSocket-Protocol:\r\n"},
+    "protocol-only-commas": {"extra": b"Sec-WebSocket-Protocol: ,\r\n"},
+    "protocol-semicolon": {"extra": b"Sec-WebSocket-Protocol: chat;x\r\n"},
+    "protocol-latin1": {"extra": b"Sec-WebSocket-Protocol: chat, \xe9\r\n"},
+    "protocol-and-extensions-malformed": {"extra": b"Sec-WebSocket-Protocol: a b\r\n"
+                                                   b"Sec-WebSocket-Extensions: ;\r\n"},
+}
+HANDSHAKES.update(MALFORMED_LISTS)
 
 
 def handshake_request(method=b"GET", path=b"/echo", http=b"HTTP/1.1", upgrade=b"websocket",
@@ -229,9 +258,27 @@ def test_handshake_answer(servers, case):
         return status, strip_date_server(headers), body, server_lines(srv, mark)
 
     status, headers, body, _ = servers.compare(run, "handshake answer")
-    if case == "valid":
+    if case in ("valid", "protocol-empty-elements", "extensions-quoted-escape"):
         assert status == b"HTTP/1.1 101 Switching Protocols"
         assert (b"Sec-WebSocket-Accept", ACCEPT) in headers
+    elif case in MALFORMED_LISTS:
+        assert status == b"HTTP/1.1 400 Bad Request"
+        assert re.fullmatch(rb"Failed to open a WebSocket connection: invalid [\w-]+ header: "
+                            rb"(expected|invalid) [a-z ]+ at \d+ in .*\.\n", body, re.S), body
+
+
+@pytest.mark.parametrize("extensions", [b"permessage-deflate;", b"a b", b""])
+def test_malformed_extensions_are_ignored_without_deflate(servers, extensions):
+    # With no extension configured, websockets never parses Sec-WebSocket-Extensions.
+    def run(s):
+        srv = s.get(APP, *WS, "--ws-per-message-deflate", "false")
+        with RawWS(srv, extra=b"Sec-WebSocket-Extensions: " + extensions + b"\r\n") as c:
+            status, headers, _ = c.read_http()
+        return status, [k for k, _ in strip_date_server(headers)]
+
+    status, names = servers.compare(run, "handshake answer")
+    assert status == b"HTTP/1.1 101 Switching Protocols"
+    assert b"Sec-WebSocket-Extensions" not in names
 
 
 def test_handshake_with_a_body_is_refused(cppuvicorn):

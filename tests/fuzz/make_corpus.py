@@ -122,3 +122,24 @@ ws("negotiate", b"\x02\x3c" + b"permessage-deflate; client_max_window_bits")
 ws("negotiate-many", b"\x02\x24"
    + b"x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=\"10\"; "
      b"client_no_context_takeover; server_no_context_takeover, permessage-deflate")
+
+
+# ---- fuzz_proxy_headers: flags, --forwarded-allow-ips, '\n', one header per line -------------
+WEBSOCKET, LIST_FORM = 0x01, 0x02
+XFF, XFP, XFF_CASE, OTHER = b"\x00", b"\x01", b"\x02", b"\x03"
+
+
+def proxy(name: str, flags: int, allow: bytes, *headers: bytes) -> None:
+    write("fuzz_proxy_headers", name, bytes([flags]) + allow + b"\n" + b"\n".join(headers))
+
+
+proxy("default", 0, b"127.0.0.1,::1", XFF + b"203.0.113.9, 127.0.0.1", XFP + b"https")
+proxy("networks", 0, b"10.0.0.0/8, 192.168.0.0/255.255.0.0, fe80::%eth0/64, 2001:db8::/32",
+      XFF + b"198.51.100.1:4321, 10.1.2.3", XFF + b"[2001:db8::5]:80, fe80::1%eth0", XFP + b" wss ")
+proxy("star", 0, b"*", XFF + b"[::1]:8080, 1.1.1.1", XFP + b"http")
+proxy("literals", LIST_FORM, b"proxy.sock,*, 10.0.0.1/8", XFF + b"unknown, proxy.sock, 10.0.0.1/8",
+      OTHER + b"x", XFF_CASE + b"1.2.3.4")
+proxy("ports", 0, b"127.0.0.1", XFF + b"h: -0_1 ,[::1]x,[::1,1.2.3.4:\xa080\x85, :80",
+      XFF + b",", XFP + b"ws")
+proxy("websocket", WEBSOCKET, b"::ffff:127.0.0.1, 0:0::1%lo",
+      XFF + b"::ffff:7f00:1, ::1%lo, 9.9.9.9:99999999999999999999999", XFP + b"https")

@@ -43,6 +43,8 @@ fi
 REPORTS=$(mktemp -d /tmp/cppuvicorn-asan-reports.XXXXXX)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-$ASAN_DEFAULT}:log_path=$REPORTS/asan
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}:log_path=$REPORTS/ubsan
+# Everything runs several times slower instrumented: wider I/O and start-up timeouts.
+export E2E_IO_TIMEOUT=${E2E_IO_TIMEOUT:-20} E2E_START_TIMEOUT=${E2E_START_TIMEOUT:-60}
 export PYTHONPATH=$STAGE${PYTHONPATH:+:$PYTHONPATH}
 LD_PRELOAD=$LIBASAN "$PY" -c 'import cppuvicorn._core as c, sys; print("module:", c.__file__, file=sys.stderr)'
 [ $# -gt 0 ] || set -- tests/e2e

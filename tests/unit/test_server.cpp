@@ -358,6 +358,52 @@ TEST_CASE("Server: a response bigger than the socket buffers waits for on_writab
     CHECK(rig.app.events.back() == "release");
 }
 
+TEST_CASE("Server: large and small body writes keep their order on the wire", "[server]") {
+    // Writes of 16 KiB and more go straight to the kernel (writev with whatever is queued);
+    // smaller ones are copied into the output buffer. Mixed, with partial writes, the bytes
+    // must still arrive in order.
+    LoopRig rig;
+    Client client{rig.bound.port};
+    client.send(kGet1);
+    REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 1; }));
+
+    const std::vector<std::size_t> sizes = {100,   20000, 7,       1 << 20, 16383,
+                                            16384, 300,   3 << 20, 1,       65536};
+    std::string expected;
+    std::size_t total = 0;
+    for (std::size_t s : sizes)
+        total += s;
+    REQUIRE(rig.app.start({200, {{"content-length", std::to_string(total)}}, ""}) ==
+            WriteResult::kOk);
+    int waits = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+        std::string piece(sizes[i], '\0');
+        for (std::size_t j = 0; j < piece.size(); ++j)
+            piece[j] = static_cast<char>('a' + (expected.size() + j) % 23);
+        expected += piece;
+        WriteResult r = rig.app.write(piece, i + 1 < sizes.size());
+        if (r == WriteResult::kWait) {
+            ++waits;
+            REQUIRE(rig.spin_until([&] {
+                client.pump();
+                return rig.app.count("writable") == waits;
+            }));
+        } else {
+            REQUIRE(r == WriteResult::kOk);
+        }
+    }
+    const std::string head =
+        "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ncontent-length: " + std::to_string(total) +
+        "\r\n\r\n";
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.received.size() >= head.size() + total;
+    }));
+    CHECK(client.received.size() == head.size() + total);
+    CHECK(client.received.compare(0, head.size(), head) == 0);
+    CHECK(client.received.compare(head.size(), std::string::npos, expected) == 0);
+}
+
 // ---- TLS listeners: TcpConnection with a TlsSession between the socket and HttpConnection ----
 
 namespace {

@@ -235,6 +235,27 @@ TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point",
     REQUIRE(decode({stream.substr(0, split), stream.substr(split)}) == expected);
 }
 
+TEST_CASE("WsDecoder: trim frees a big drained buffer and keeps pending bytes", "[websocket]") {
+    WsDecoder d(1 << 20, false);
+    const std::string big(100000, 'x');
+    std::string stream = masked(2, big) + masked(1, "tail");
+    d.feed(std::string_view(stream).substr(0, stream.size() - 3));
+    WsFrame f;
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == big);
+    d.trim(4096);  // the next frame is incomplete: its bytes must survive
+    REQUIRE(d.buffered() == masked(1, "tail").size() - 3);
+    d.feed(std::string_view(stream).substr(stream.size() - 3));
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "tail");
+    REQUIRE(d.buffered() == 0);
+    d.trim(4096);  // drained: freed, and the decoder goes on from scratch
+    d.feed(masked(1, "again"));
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "again");
+    REQUIRE(d.next(f) == WsDecoder::Status::kNeedMore);
+}
+
 TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[websocket]") {
     const std::string stream =
         masked(1, "abc") + masked(2, std::string(200, 'x')) + masked(10, "") + masked(8, "");
@@ -599,6 +620,42 @@ TEST_CASE("check_websocket_handshake: websockets' status codes and texts", "[web
         {"a body", [](HeadBuilder& b) { b.set("content-length", "3"); }, 400,
          "did not receive a valid HTTP request"},
         {"an empty body is fine", [](HeadBuilder& b) { b.set("content-length", "0"); }, 101, ""},
+        // Header lists that websockets' parsers (headers.py) refuse, with its texts.
+        {"connection missing comma", [](HeadBuilder& b) { b.set("connection", "Upgrade, a b"); },
+         400, "invalid Connection header: expected comma at 11 in Upgrade, a b"},
+        {"upgrade slash without version", [](HeadBuilder& b) { b.set("upgrade", "websocket/"); },
+         400, "invalid Upgrade header: expected comma at 9 in websocket/"},
+        {"upgrade with version", [](HeadBuilder& b) { b.set("upgrade", "websocket/13"); }, 426,
+         "invalid Upgrade header: websocket/13"},
+        {"extensions trailing ;",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "permessage-deflate;"); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected token at 19 in permessage-deflate;"},
+        {"extensions empty", [](HeadBuilder& b) { b.set("sec-websocket-extensions", ""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected token at 0 in "},
+        {"extensions quoted non-token",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"b c\""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: invalid quoted header content at 5 in "
+         "x; a=\"b c\""},
+        {"extensions open quote",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"b"); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected quoted string at 5 in x; a=\"b"},
+        {"extensions latin-1 in quotes",
+         [](HeadBuilder& b) { b.set("sec-websocket-extensions", "x; a=\"\xe9\""); }, 400,
+         "invalid Sec-WebSocket-Extensions header: expected quoted string at 5 in "
+         "x; a=\"\xc3\xa9\""},
+        {"protocol missing comma",
+         [](HeadBuilder& b) { b.set("sec-websocket-protocol", "chat;x"); }, 400,
+         "invalid Sec-WebSocket-Protocol header: expected comma at 4 in chat;x"},
+        {"protocol only commas", [](HeadBuilder& b) { b.set("sec-websocket-protocol", " , ,"); },
+         400, "invalid Sec-WebSocket-Protocol header: expected token at 3 in , ,"},
+        {"protocol empty elements",
+         [](HeadBuilder& b) { b.set("sec-websocket-protocol", ",a,\t ,b,"); }, 101, ""},
+        {"protocol checked after extensions",
+         [](HeadBuilder& b) {
+             b.set("sec-websocket-protocol", "a b");
+             b.set("sec-websocket-extensions", ",");
+         },
+         400, "invalid Sec-WebSocket-Extensions header: expected token at 1 in ,"},
     };
     for (const auto& c : cases) {
         CAPTURE(c.name);
@@ -620,6 +677,20 @@ TEST_CASE("check_websocket_handshake: websockets' status codes and texts", "[web
         }
         if (c.status == 405) REQUIRE(r.extra_header == "Allow: GET\r\n");
     }
+}
+
+TEST_CASE("check_websocket_handshake: malformed extensions only count with deflate on",
+          "[websocket]") {
+    HeadBuilder b;
+    b.set("sec-websocket-extensions", "permessage-deflate;");
+    REQUIRE(check_websocket_handshake(b.head(), false).status == 101);
+    REQUIRE(check_websocket_handshake(b.head(), true).status == 400);
+    // Quoted and escaped values are unquoted before the negotiation.
+    b.set("sec-websocket-extensions", "permessage-deflate; server_max_window_bits=\"1\\0\"");
+    WsHandshake r = check_websocket_handshake(b.head(), true);
+    REQUIRE(r.status == 101);
+    REQUIRE(r.deflate);
+    REQUIRE(r.deflate->response == "permessage-deflate; server_max_window_bits=10");
 }
 
 TEST_CASE("is_websocket_upgrade: only the last Upgrade and Connection headers count",

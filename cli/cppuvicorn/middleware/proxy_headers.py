@@ -8,7 +8,10 @@ Only requests whose direct peer is trusted (``--forwarded-allow-ips``) are rewri
   untrusted hop becomes ``scope["client"]`` (the left-most one if every hop is trusted).
   ``host:port`` and ``[v6]:port`` keep their port, otherwise the port is 0.
 
-This will move into the native core; it is kept here so behaviour is identical meanwhile.
+cppuvicorn's server does this natively, before the scope is built (``core/proxy_headers.cpp``),
+so ``Config`` no longer wraps the application in this middleware. It stays for applications that
+wrap themselves in it, as they can with Uvicorn's, and :func:`native_trusted_hosts` hands the
+native core a ``--forwarded-allow-ips`` value read exactly as :class:`TrustedHosts` reads it.
 """
 
 from __future__ import annotations
@@ -134,3 +137,33 @@ class TrustedHosts:
 
 # Uvicorn's private name, for code that imported it.
 _TrustedHosts = TrustedHosts
+
+
+def native_trusted_hosts(trusted_hosts: list[str] | str) -> tuple[bool, list[bytes]]:
+    """``--forwarded-allow-ips`` for the native core: (trust everything, entries as Latin-1).
+
+    Python decides what Python decides in :class:`TrustedHosts` (``"*"`` against ``["*"]``, the
+    split at commas and ``str.strip()``); the core parses each entry as ``ipaddress`` does and
+    compares with hosts decoded from headers as Latin-1. An entry that is not Latin-1 can never
+    equal such a host, nor carry an address that could (IPv4 and IPv6 text are ASCII; a zone id
+    is compared too); only a network can still match, as membership ignores the zone id, so it
+    is passed on without one.
+    """
+    always = trusted_hosts in ("*", ["*"])
+    hosts = _split_hosts(trusted_hosts) if isinstance(trusted_hosts, str) else list(trusted_hosts)
+    entries: list[bytes] = []
+    for host in hosts if not always else ():
+        try:
+            entries.append(host.encode("latin-1"))
+            continue
+        except UnicodeEncodeError:
+            pass
+        if "/" in host:
+            try:
+                net = ipaddress.ip_network(host)
+            except ValueError:
+                continue
+            address = type(net.network_address)(int(net.network_address))  # without the zone
+            entries.append(f"{address}/{net.prefixlen}".encode())
+    return always, entries
+
