@@ -22,6 +22,7 @@ void ConnData::release() {
     if (--refs > 0) return;
     Py_XDECREF(client);
     Py_XDECREF(server);
+    Py_XDECREF(tls);
     delete this;
 }
 
@@ -59,6 +60,13 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
                                           static_cast<Py_ssize_t>(options_.scheme.size()));
     root_path_ = PyUnicode_FromStringAndSize(options_.root_path.data(),
                                              static_cast<Py_ssize_t>(options_.root_path.size()));
+    if (options_.tls != nullptr) {
+        server_.set_tls(options_.tls);
+        const std::string& pem = options_.tls->server_cert_pem();
+        server_cert_ = pem.empty() ? Py_NewRef(Py_None)
+                                   : PyUnicode_FromStringAndSize(
+                                         pem.data(), static_cast<Py_ssize_t>(pem.size()));
+    }
 }
 
 BridgeServer::~BridgeServer() {
@@ -79,6 +87,7 @@ BridgeServer::~BridgeServer() {
                         asgi_template_,
                         scheme_,
                         root_path_,
+                        server_cert_,
                         run_cb_,
                         tick_cb_,
                         tick_handle_,
@@ -206,6 +215,11 @@ ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
         d->client = Py_BuildValue("(si)", peer.host.c_str(), peer.port);
         d->server = Py_BuildValue("(si)", local.host.c_str(), local.port);
     }
+    if (const core::TlsSession* tls = conn.tls(); tls != nullptr && server_cert_ != nullptr) {
+        // Once per connection: every request (and a WebSocket session) on it shares the dict.
+        d->tls = build_tls_extension(*tls, server_cert_);
+        if (d->tls == nullptr) report_python_error("building the ASGI tls extension");
+    }
     // Uvicorn checks the scope's client host, None on a UNIX socket: trusted only under "*".
     d->proxy_trusted = options_.proxy_headers &&
                        options_.forwarded_allow_ips.contains(peer.unix_socket ? "" : peer.host);
@@ -247,7 +261,7 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     }
     ConnData& cd = conn_data(conn);
     ScopeInputs in{asgi_template_, cd.client,          cd.server, scheme_,
-                   root_path_,     options_.root_path, state_};
+                   root_path_,     options_.root_path, state_,    cd.tls};
     PyObject* forwarded_client = nullptr;
     PyObject* scope = nullptr;
     if (!cd.proxy_trusted ||
@@ -313,6 +327,16 @@ void BridgeServer::on_protocol_error(core::HttpConnection&, int status,
     // The wire body stays Uvicorn's; the parser's reason goes to the debug log.
     log_error(n::warning, "Invalid HTTP request received.");
     std::string msg = "Invalid HTTP request (" + std::to_string(status) + "): ";
+    msg.append(detail);
+    log_error(n::debug, msg.c_str());
+}
+
+void BridgeServer::on_tls_error(core::HttpConnection& conn, std::string_view detail,
+                                bool in_handshake) noexcept {
+    // asyncio (and so Uvicorn) reports these only in its debug mode; a debug line here.
+    const core::PeerAddress& peer = conn.peer();
+    std::string msg = in_handshake ? "TLS handshake failed with " : "TLS error with ";
+    msg += peer.host + ":" + std::to_string(peer.port) + ": ";
     msg.append(detail);
     log_error(n::debug, msg.c_str());
 }

@@ -11,6 +11,7 @@
 #include "asgi_bridge/scope.hpp"
 #include "asgi_bridge/websocket_cycle.hpp"
 #include "core/server.hpp"
+#include "core/tls.hpp"
 
 #include <Python.h>
 #include <uv.h>
@@ -27,6 +28,7 @@ struct BridgeOptions {
     std::string asgi_version = "3.0";  // "2.0" for ASGI 2 apps (wrapped), as Uvicorn reports
     long limit_concurrency = 0;        // 0: no limit
     bool ws = true;                    // WebSocket upgrades (false: served as plain HTTP)
+    std::shared_ptr<const core::TlsContext> tls;  // TLS on every listener, or null
     // --proxy-headers: X-Forwarded-* from peers in --forwarded-allow-ips rewrite scheme/client.
     bool proxy_headers = false;
     core::TrustedHosts forwarded_allow_ips;
@@ -39,6 +41,7 @@ struct ConnData {
     core::HttpConnection* conn = nullptr;
     PyObject* client = nullptr;  // (host, port) or None
     PyObject* server = nullptr;  // (host, port) or (path, None)
+    PyObject* tls = nullptr;     // the ASGI "tls" extension dict, or nullptr without TLS
     bool proxy_trusted = false;  // the peer may set X-Forwarded-* (decided once per connection)
     int refs = 1;
     void retain() { ++refs; }
@@ -82,6 +85,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void on_protocol_error(core::HttpConnection& conn, int status,
                            std::string_view detail) noexcept override;
     void on_connection_closed(core::HttpConnection& conn) noexcept override;
+    void on_tls_error(core::HttpConnection& conn, std::string_view detail,
+                      bool in_handshake) noexcept override;
     // ---- core::LoopHooks ----
     void request_run() noexcept override;
 
@@ -123,6 +128,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* asgi_template_ = nullptr;
     PyObject* scheme_ = nullptr;
     PyObject* root_path_ = nullptr;
+    PyObject* server_cert_ = nullptr;  // with TLS: the server's certificate (PEM str)
     PyObject* run_cb_ = nullptr;
     PyObject* tick_cb_ = nullptr;
     PyObject* tick_handle_ = nullptr;

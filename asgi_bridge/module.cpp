@@ -15,6 +15,8 @@
 namespace py = pybind11;
 using cppuvicorn::asgi::BridgeOptions;
 using cppuvicorn::asgi::BridgeServer;
+using cppuvicorn::core::TlsConfig;
+using cppuvicorn::core::TlsContext;
 
 namespace {
 
@@ -32,7 +34,7 @@ std::unique_ptr<BridgeServer> make_server(
     std::size_t ws_max_queue, std::optional<double> ws_ping_interval,
     std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
     std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
-    bool forwarded_allow_all) {
+    bool forwarded_allow_all, std::shared_ptr<TlsContext> tls) {
     BridgeOptions opts;
     if (forwarded_allow_ips) {
         opts.proxy_headers = true;
@@ -53,6 +55,7 @@ std::unique_ptr<BridgeServer> make_server(
     opts.core.ws_ping_interval = ws_ping_interval.value_or(0.0);  // None: no keepalive pings
     opts.core.ws_ping_timeout = ws_ping_timeout.value_or(0.0);    // None: no pong deadline
     opts.core.ws_per_message_deflate = ws_per_message_deflate;
+    opts.tls = std::move(tls);
     std::string defaults;
     for (py::handle item : default_headers) {
         auto pair = item.cast<py::tuple>();
@@ -122,6 +125,28 @@ PYBIND11_MODULE(_core, m) {
         py::arg("trust_all"), py::arg("entries"), py::arg("peer"), py::arg("headers"),
         py::arg("websocket") = false);
 
+    // The SSL_CTX of one server, from Uvicorn's --ssl-* options. Building it checks them all:
+    // RuntimeError with OpenSSL's reason (unreadable file, bad key or password, mismatch).
+    py::class_<TlsContext, std::shared_ptr<TlsContext>>(m, "TlsContext")
+        .def(py::init([](std::string certfile, std::string keyfile,
+                         std::optional<std::string> password, int version, int cert_reqs,
+                         std::string ca_certs, std::string ciphers) {
+                 TlsConfig c;
+                 c.certfile = std::move(certfile);
+                 c.keyfile = std::move(keyfile);
+                 c.password = std::move(password);
+                 c.version = version;
+                 c.cert_reqs = cert_reqs;
+                 c.ca_certs = std::move(ca_certs);
+                 c.ciphers = std::move(ciphers);
+                 return std::make_shared<TlsContext>(c);
+             }),
+             py::arg("certfile"), py::kw_only(), py::arg("keyfile") = "",
+             py::arg("password") = py::none(), py::arg("version") = 17, py::arg("cert_reqs") = 0,
+             py::arg("ca_certs") = "", py::arg("ciphers") = "")
+        .def_property_readonly("server_cert",
+                               [](const TlsContext& c) { return c.server_cert_pem(); });
+
     py::class_<BridgeServer>(m, "Server")
         .def(py::init(&make_server), py::arg("loop"), py::arg("app"), py::arg("run_asgi"),
              py::kw_only(), py::arg("state") = py::none(), py::arg("root_path") = "",
@@ -133,7 +158,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("ws_max_queue") = 32, py::arg("ws_ping_interval") = 20.0,
              py::arg("ws_ping_timeout") = 20.0, py::arg("ws_per_message_deflate") = true,
              py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0",
-             py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false)
+             py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false,
+             py::arg("tls") = nullptr)
         .def(
             "listen_tcp",
             [](BridgeServer& s, const std::string& host, int port, int backlog) {

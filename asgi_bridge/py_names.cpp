@@ -8,7 +8,7 @@ namespace cppuvicorn::asgi::py_names {
 
 PyObject *type, *asgi, *version, *spec_version, *http_version, *server, *client, *scheme, *method,
     *root_path, *path, *raw_path, *query_string, *headers, *state, *status, *body, *more_body,
-    *trailers, *extensions;
+    *trailers, *extensions, *tls;
 PyObject *http, *https, *v1_0, *v1_1, *v3_0, *http_request, *http_disconnect, *http_response_start,
     *http_response_body, *empty_bytes, *empty_str;
 PyObject *create_future, *set_result, *done, *cancel, *warning, *error, *debug, *loop, *eager_start;
@@ -45,9 +45,9 @@ bool init() {
               intern(headers, "headers") && intern(state, "state") && intern(status, "status") &&
               intern(body, "body") && intern(more_body, "more_body") &&
               intern(trailers, "trailers") && intern(extensions, "extensions") &&
-              intern(http, "http") && intern(https, "https") && intern(v1_0, "1.0") &&
-              intern(v1_1, "1.1") && intern(v3_0, "3.0") && intern(http_request, "http.request") &&
-              intern(http_disconnect, "http.disconnect") &&
+              intern(tls, "tls") && intern(http, "http") && intern(https, "https") &&
+              intern(v1_0, "1.0") && intern(v1_1, "1.1") && intern(v3_0, "3.0") &&
+              intern(http_request, "http.request") && intern(http_disconnect, "http.disconnect") &&
               intern(http_response_start, "http.response.start") &&
               intern(http_response_body, "http.response.body") && intern(empty_str, "") &&
               intern(create_future, "create_future") && intern(set_result, "set_result") &&

@@ -28,6 +28,7 @@ extern PyObject* body;
 extern PyObject* more_body;
 extern PyObject* trailers;
 extern PyObject* extensions;
+extern PyObject* tls;
 // Values.
 extern PyObject* http;
 extern PyObject* https;

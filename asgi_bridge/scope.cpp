@@ -4,6 +4,9 @@
 #include "asgi_bridge/py_names.hpp"
 
 #include <iterator>
+#include <optional>
+#include <utility>
+#include <vector>
 
 namespace cppuvicorn::asgi {
 
@@ -54,6 +57,11 @@ PyObject* build_path(std::string_view root_path, std::string_view raw_path) {
     return PyUnicode_DecodeUTF8(decoded.data(), static_cast<Py_ssize_t>(decoded.size()), "replace");
 }
 
+PyObject* str_or_none(const std::optional<std::string>& s) {
+    if (!s) return Py_NewRef(Py_None);
+    return PyUnicode_DecodeUTF8(s->data(), static_cast<Py_ssize_t>(s->size()), "replace");
+}
+
 // The interned scheme string for read_forwarded_headers' static names; borrowed.
 PyObject* scheme_object(std::string_view scheme) {
     static constexpr std::string_view kNames[] = {"http", "https", "ws", "wss"};
@@ -84,6 +92,40 @@ PyObject* port_object(const std::string& canonical) {
 }
 
 }  // namespace
+
+PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert) {
+    std::vector<std::string> chain = tls.peer_chain_pem();
+    PyObject* pems = PyList_New(static_cast<Py_ssize_t>(chain.size()));
+    if (pems == nullptr) return nullptr;
+    for (std::size_t i = 0; i < chain.size(); ++i) {
+        PyObject* pem = PyUnicode_DecodeASCII(chain[i].data(),
+                                              static_cast<Py_ssize_t>(chain[i].size()), nullptr);
+        if (pem == nullptr) {
+            Py_DECREF(pems);
+            return nullptr;
+        }
+        PyList_SET_ITEM(pems, static_cast<Py_ssize_t>(i), pem);
+    }
+    PyObject* ext = PyDict_New();
+    bool ok = ext != nullptr && PyDict_SetItemString(ext, "server_cert", server_cert) == 0 &&
+              PyDict_SetItemString(ext, "client_cert_chain", pems) == 0;
+    Py_DECREF(pems);
+    const std::pair<const char*, PyObject*> items[] = {
+        {"client_cert_name", ok ? str_or_none(tls.peer_subject()) : nullptr},
+        {"client_cert_error", ok ? str_or_none(tls.peer_verify_error()) : nullptr},
+        {"tls_version", ok ? PyLong_FromLong(tls.protocol_version()) : nullptr},
+        {"cipher_suite", ok ? PyLong_FromLong(tls.cipher_suite()) : nullptr},
+    };
+    for (const auto& [key, value] : items) {
+        ok = ok && value != nullptr && PyDict_SetItemString(ext, key, value) == 0;
+        Py_XDECREF(value);
+    }
+    if (!ok) {
+        Py_XDECREF(ext);
+        return nullptr;
+    }
+    return ext;
+}
 
 bool apply_proxy_headers(const core::TrustedHosts& trusted, const core::RequestHead& head,
                          bool websocket, ScopeInputs& in, PyObject*& owned_client) {
@@ -199,6 +241,14 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
              set_item(scope, n::headers, build_headers(head));
     }
     if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
+    if (ok && in.tls != nullptr) {
+        // Uvicorn's HTTP scopes have no "extensions"; with TLS there is {"tls": ...}, the
+        // connection's dict, built once.
+        PyObject* extensions = PyDict_New();
+        ok = extensions != nullptr && PyDict_SetItem(extensions, n::tls, in.tls) == 0;
+        ok = ok && set_item(scope, n::extensions, extensions);
+        if (!ok) Py_XDECREF(extensions);
+    }
     if (!ok) {
         Py_DECREF(scope);
         return nullptr;

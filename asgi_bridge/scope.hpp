@@ -5,6 +5,7 @@
 
 #include "core/proxy_headers.hpp"
 #include "core/request_handler.hpp"
+#include "core/tls.hpp"
 
 #include <Python.h>
 
@@ -21,8 +22,14 @@ struct ScopeInputs {
     PyObject* scheme;         // "http" / "https"
     PyObject* root_path;      // str
     std::string_view root_path_bytes;
-    PyObject* state;  // lifespan state dict (shallow-copied) or nullptr
+    PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
+    PyObject* tls = nullptr;  // the connection's ASGI "tls" extension dict, or nullptr
 };
+
+// The ASGI "tls" extension of one connection (server_cert, client_cert_chain,
+// client_cert_name, client_cert_error, tls_version, cipher_suite): new reference, or nullptr
+// with a Python error set. `server_cert` is the server's PEM (str) or None.
+PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert);
 
 // New reference, or nullptr with a Python error set.
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in);

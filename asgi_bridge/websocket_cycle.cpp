@@ -1065,6 +1065,7 @@ PyObject* build_ws_scope(const core::RequestHead& head, const ScopeInputs& in) {
     PyObject* extensions = PyDict_New();
     bool ok =
         extensions != nullptr && set_item(extensions, w.ws_http_response, PyDict_New()) &&
+        (in.tls == nullptr || PyDict_SetItem(extensions, n::tls, in.tls) == 0) &&
         PyDict_SetItem(scope, n::type, w.websocket) == 0 &&
         set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
         PyDict_SetItem(scope, n::http_version, n::v1_1) == 0 &&
@@ -1114,7 +1115,7 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
     PyObject* scope = nullptr;
     if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr) {
         ScopeInputs in{ws_asgi_template_, cd.client,          cd.server, ws_scheme_,
-                       root_path_,        options_.root_path, state_};
+                       root_path_,        options_.root_path, state_,    cd.tls};
         PyObject* forwarded_client = nullptr;
         if (!cd.proxy_trusted ||
             apply_proxy_headers(options_.forwarded_allow_ips, head, true, in, forwarded_client)) {

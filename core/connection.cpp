@@ -64,6 +64,13 @@ TcpConnection* TcpConnection::accept(Server& server, uv_stream_t* listener, bool
     c->http_ =
         std::make_unique<HttpConnection>(*c, server.context(), std::move(peer), std::move(local));
     server.add(c);
+    if (const TlsContext* tls = server.tls_context()) {
+        c->tls_ = std::make_unique<TlsSession>(*tls);
+        if (c->tls_->failed()) {  // out of memory: nothing was said yet, just hang up
+            c->close_now();
+            return c;
+        }
+    }
     c->resume_reading();
     return c;
 }
@@ -76,10 +83,40 @@ void TcpConnection::on_uv_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) noex
 void TcpConnection::on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
     auto* c = static_cast<TcpConnection*>(s->data);
     if (nread > 0) {
-        c->http_->on_data({buf->base, static_cast<std::size_t>(nread)});
+        if (c->tls_ != nullptr) {
+            c->read_tls(buf->base, static_cast<std::size_t>(nread), buf->len);
+        } else {
+            c->http_->on_data({buf->base, static_cast<std::size_t>(nread)});
+        }
     } else if (nread < 0) {
         c->http_->on_eof();
     }
+}
+
+void TcpConnection::read_tls(char* buf, std::size_t len, std::size_t cap) {
+    // The ciphertext is copied into the session, so the read buffer takes the plaintext.
+    TlsSession& tls = *tls_;
+    tls.feed({buf, len});
+    for (;;) {
+        long n = tls.read(buf, cap);
+        if (n > 0) {
+            http_->on_data({buf, static_cast<std::size_t>(n)});
+            if (closing_) return;
+            continue;
+        }
+        if (n == TlsSession::kNeedMore) break;
+        if (n == TlsSession::kClosed) {  // close_notify: the peer is done sending, like EOF
+            http_->on_eof();
+            return;
+        }
+        // A failed handshake (a plain-HTTP client, an unacceptable client certificate, no
+        // common protocol or cipher) or a broken record: the application never hears of it.
+        server_.context().events.on_tls_error(*http_, tls.error(), !tls.handshake_done());
+        close_now();
+        return;
+    }
+    // Handshake flights, session tickets: send what the session produced.
+    if (tls.has_output()) flush();
 }
 
 void TcpConnection::flush() {
@@ -88,17 +125,31 @@ void TcpConnection::flush() {
         return;
     }
     if (writing_) return;  // on_uv_write continues with what accumulated meanwhile
-    if (!out_.empty()) {
-        uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    if (tls_ != nullptr) {
+        // Seal everything corked so far into records (one SSL_write for the whole turn), after
+        // whatever the session itself has to send.
+        if (!out_.empty() && tls_->handshake_done()) {
+            if (!tls_->seal(out_, wire_)) {
+                close_now();
+                return;
+            }
+            out_.clear();
+        } else {
+            tls_->take_output(wire_);
+        }
+    }
+    std::string& pending = tls_ != nullptr ? wire_ : out_;
+    if (!pending.empty()) {
+        uv_buf_t buf = uv_buf_init(pending.data(), static_cast<unsigned>(pending.size()));
         int n = uv_try_write(stream(), &buf, 1);
         if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
         if (n < 0) {
             close_now();
             return;
         }
-        if (static_cast<std::size_t>(n) < out_.size()) {
-            out_.erase(0, static_cast<std::size_t>(n));
-            inflight_.swap(out_);
+        if (static_cast<std::size_t>(n) < pending.size()) {
+            pending.erase(0, static_cast<std::size_t>(n));
+            inflight_.swap(pending);
             buf = uv_buf_init(inflight_.data(), static_cast<unsigned>(inflight_.size()));
             writing_ = true;
             write_req_.data = this;
@@ -110,14 +161,16 @@ void TcpConnection::flush() {
             server_.note_uv_work();
             return;
         }
-        out_.clear();
+        pending.clear();
     }
     after_write();
 }
 
 void TcpConnection::write_direct(std::string_view data) {
     if (closing_) return;
-    if (writing_) {  // a queued write is in flight: order says behind it
+    // A queued write is in flight (order says behind it), or TLS (the data must be sealed:
+    // the caller's flush does it, in one SSL_write with what is already corked).
+    if (writing_ || tls_ != nullptr) {
         out_.append(data);
         return;
     }
@@ -186,7 +239,7 @@ void TcpConnection::resume_reading() {
 
 void TcpConnection::close(bool now) {
     if (closing_) return;
-    if (!now && (writing_ || !out_.empty())) {
+    if (!now && (writing_ || !out_.empty() || !wire_.empty())) {
         close_after_flush_ = true;
         pause_reading();
         if (!writing_) flush();
@@ -201,6 +254,7 @@ void TcpConnection::close_now() {
     out_.clear();
     if (reading_) uv_read_stop(stream());
     reading_ = false;
+    if (tls_ != nullptr && !writing_) send_tls_goodbye();
     // A half-close first lets the peer read what we sent before the socket goes away.
     shutdown_req_.data = this;
     if (!writing_ && uv_shutdown(&shutdown_req_, stream(), on_uv_shutdown) == 0) {
@@ -209,6 +263,18 @@ void TcpConnection::close_now() {
     }
     uv_close(handle(), on_uv_close);
     server_.note_uv_work();
+}
+
+void TcpConnection::send_tls_goodbye() {
+    // Best effort, as the socket is being shut down: close_notify after a completed handshake,
+    // or the alert that explains a failed one. Nothing is queued behind it, so it fits.
+    wire_.clear();
+    tls_->shutdown();
+    tls_->take_output(wire_);
+    if (wire_.empty()) return;
+    uv_buf_t buf = uv_buf_init(wire_.data(), static_cast<unsigned>(wire_.size()));
+    uv_try_write(stream(), &buf, 1);
+    wire_.clear();
 }
 
 void TcpConnection::on_uv_shutdown(uv_shutdown_t* req, int) noexcept {

@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // TcpConnection: one accepted libuv stream (TCP or UNIX) carrying an HttpConnection.
 // Corked writes (try-write first, then one queued uv_write), read pause/resume, and a close
-// lifecycle that ends exactly once, in the libuv close callback. No Python here.
+// lifecycle that ends exactly once, in the libuv close callback. On a TLS listener a TlsSession
+// sits between the socket and the HttpConnection: reads are decrypted before on_data, and the
+// corked plaintext is sealed into records when it is flushed. Plain TCP only tests a null
+// pointer per read and per flush. No Python here.
 #pragma once
 
 #include "core/http_connection.hpp"
+#include "core/tls.hpp"
 #include "core/transport.hpp"
 
 #include <uv.h>
@@ -31,12 +35,13 @@ class TcpConnection final : public Transport {
     void flush() override;
     void schedule_flush() override;
     void write_direct(std::string_view data) override;
-    std::size_t buffered() const override { return out_.size() + inflight_.size(); }
+    std::size_t buffered() const override { return out_.size() + wire_.size() + inflight_.size(); }
     void pause_reading() override;
     void resume_reading() override;
     void close(bool now) override;
     void schedule_resume() override;
     std::uint64_t now_ms() const override { return uv_hrtime() / 1000000; }
+    const TlsSession* tls() const override { return tls_.get(); }
 
     // Bookkeeping for Server.
     std::size_t registry_index = 0;
@@ -56,6 +61,8 @@ class TcpConnection final : public Transport {
     static void on_uv_close(uv_handle_t* h) noexcept;
     void after_write();
     void close_now();
+    void read_tls(char* buf, std::size_t len, std::size_t cap);
+    void send_tls_goodbye();
 
     union {
         uv_tcp_t tcp;
@@ -63,10 +70,12 @@ class TcpConnection final : public Transport {
     } handle_{};
     Server& server_;
     std::unique_ptr<HttpConnection> http_;
+    std::unique_ptr<TlsSession> tls_;  // null on plain TCP
     uv_write_t write_req_{};
     uv_shutdown_t shutdown_req_{};
     std::string out_;       // corked output not yet handed to the kernel
     std::string inflight_;  // owned by the pending uv_write
+    std::string wire_;      // with TLS: sealed records not yet handed to the kernel
     static constexpr std::size_t kKeepInflightBytes = 65536;
     bool unix_socket_;
     bool writing_ = false;

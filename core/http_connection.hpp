@@ -70,6 +70,8 @@ class HttpConnection final : private ParserSink {
     WebSocketConnection* websocket() { return ws_.get(); }
     const PeerAddress& peer() const { return peer_; }
     const PeerAddress& local() const { return local_; }
+    // The TLS session carrying this connection (handshake complete), or nullptr.
+    const TlsSession* tls() const { return transport_.tls(); }
     void* user_data = nullptr;  // owned by the ConnectionEvents implementation
 
   private:

@@ -110,6 +110,15 @@ class ConnectionEvents {
         return nullptr;
     }
 
+    // A TLS connection failed (`in_handshake`: before any request could be read, e.g. a
+    // plain-HTTP client or a refused client certificate) and is being closed: for the log.
+    virtual void on_tls_error(HttpConnection& conn, std::string_view detail,
+                              bool in_handshake) noexcept {
+        (void)conn;
+        (void)detail;
+        (void)in_handshake;
+    }
+
   protected:
     ~ConnectionEvents() = default;
 };

@@ -20,6 +20,7 @@
 namespace cppuvicorn::core {
 
 class TcpConnection;
+class TlsContext;
 struct ConnectionContext;
 
 // How the server asks whoever runs the loop for attention.
@@ -39,6 +40,10 @@ class Server {
     ~Server();
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
+
+    // Serve TLS on every listener (call before listening); nullptr for plain TCP.
+    void set_tls(std::shared_ptr<const TlsContext> tls) { tls_ = std::move(tls); }
+    const TlsContext* tls_context() const { return tls_.get(); }
 
     // Bind and listen. Return 0 or a negative libuv error code.
     int listen_tcp(const std::string& host, int port, int backlog, PeerAddress* bound);
@@ -83,6 +88,7 @@ class Server {
     StatusLines status_lines_;
     DateCache date_;
     std::unique_ptr<ConnectionContext> ctx_;
+    std::shared_ptr<const TlsContext> tls_;
     std::vector<Listener*> listeners_;
     std::vector<TcpConnection*> connections_;
     std::vector<TcpConnection*> flush_list_;

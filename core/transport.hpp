@@ -10,6 +10,8 @@
 
 namespace cppuvicorn::core {
 
+class TlsSession;
+
 struct PeerAddress {
     std::string host;  // numeric IP, or the socket path for UNIX sockets
     int port = 0;      // 0 for UNIX sockets
@@ -39,6 +41,8 @@ class Transport {
     virtual void schedule_resume() = 0;
     // Milliseconds on a monotonic clock.
     virtual std::uint64_t now_ms() const = 0;
+    // The TLS session under this stream, or nullptr for plain TCP.
+    virtual const TlsSession* tls() const { return nullptr; }
 
   protected:
     ~Transport() = default;

@@ -323,16 +323,53 @@ class Config:
             access_logger.propagate = False
 
     def reject_unsupported(self) -> None:
-        """Exit with code 1 for features the native core does not provide yet."""
+        """Exit with code 1 for features the native core does not provide (yet), and for TLS
+        options it cannot use (checked here, before any worker starts)."""
         problems = []
-        if self.is_ssl:
-            problems.append("HTTPS (--ssl-keyfile / --ssl-certfile / ssl_context_factory)")
         if self.http2:
             problems.append("HTTP/2 (--http2)")
         for problem in problems:
             logger.error("%s is not implemented yet in cppuvicorn.", problem)
         if problems:
             sys.exit(NOT_IMPLEMENTED)
+        if self.is_ssl:
+            self._tls_context = self.create_tls_context()
+
+    def create_tls_context(self) -> Any:
+        """The native TLS context (OpenSSL, in the C++ core) from the ``ssl_*`` options, built
+        once per server process. Exits with code 1 when they cannot be used, as Uvicorn does
+        (Uvicorn with a traceback, here with the reason)."""
+        if self.ssl_context_factory is not None:
+            # TLS runs in C++ on OpenSSL memory BIOs: a Python ssl.SSLContext cannot be handed to it.
+            logger.error(
+                "ssl_context_factory is not supported by cppuvicorn: TLS is terminated by OpenSSL in the native "
+                "core, which cannot use a Python ssl.SSLContext. Configure it with ssl_certfile, ssl_keyfile, "
+                "ssl_keyfile_password, ssl_version, ssl_cert_reqs, ssl_ca_certs and ssl_ciphers instead."
+            )
+            sys.exit(NOT_IMPLEMENTED)
+        from cppuvicorn import _core
+
+        try:
+            return _core.TlsContext(
+                os.fspath(self.ssl_certfile) if self.ssl_certfile else "",
+                keyfile=os.fspath(self.ssl_keyfile) if self.ssl_keyfile else "",
+                password=self.ssl_keyfile_password or None,
+                version=int(self.ssl_version),
+                cert_reqs=int(self.ssl_cert_reqs),
+                ca_certs=os.fspath(self.ssl_ca_certs) if self.ssl_ca_certs else "",
+                ciphers=self.ssl_ciphers or "",
+            )
+        except RuntimeError as exc:
+            logger.error("Invalid TLS configuration: %s", exc)
+            sys.exit(1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The native TLS context cannot be pickled: each worker builds its own.
+        state = dict(self.__dict__)
+        state.pop("_tls_context", None)
+        if state.get("ssl") is not None:
+            state["ssl"] = None
+        return state
 
     def _log_protocol_choices(self) -> None:
         for option, value, known in (("http", self.http, HTTP_PROTOCOLS), ("ws", self.ws, WS_PROTOCOLS)):
@@ -357,7 +394,8 @@ class Config:
         assert not self.loaded
         self.reject_unsupported()
         self._log_protocol_choices()
-        self.ssl: ssl.SSLContext | None = None
+        # Uvicorn's ssl.SSLContext; here the native (OpenSSL) context the core serves TLS with.
+        self.ssl: Any = self.__dict__.pop("_tls_context", None)
 
         encoded = [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in self.headers]
         if self.server_header and b"server" not in dict(encoded):

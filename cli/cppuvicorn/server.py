@@ -188,7 +188,7 @@ class Server:
             access_log=self._access_log(),
             error_log=logger,
             max_head_size=DEFAULT_MAX_HEAD_SIZE if max_head_size is None else max_head_size,
-            scheme="http",
+            scheme="https" if config.ssl else "http",
             backlog=config.backlog,
             ws=config.ws != "none",
             ws_max_size=config.ws_max_size,
@@ -198,6 +198,7 @@ class Server:
             ws_per_message_deflate=config.ws_per_message_deflate,
             run_asgi_ws=run_asgi_ws,
             asgi_version=config.asgi_version,
+            tls=config.ssl,
             **self._proxy_headers_options(),
         )
         try:
@@ -285,7 +286,7 @@ class Server:
             color = "cppuvicorn running on " + ansi_style(addr_format, bold=True) + " (Press CTRL+C to quit)"
             logger.info(
                 f"cppuvicorn running on {addr_format} (Press CTRL+C to quit)",
-                "http",
+                "https" if config.ssl else "http",
                 host,
                 config.port or bound_port,
                 extra={"color_message": color},

@@ -4,11 +4,13 @@
 // that fails if any handle is left on the loop.
 #include "core/http_connection.hpp"
 #include "core/server.hpp"
+#include "core/tls.hpp"
 
 #include <catch2/catch.hpp>
 #include <uv.h>
 
 #include "tests/unit/support/recording_handler.hpp"
+#include "tests/unit/support/tls_support.hpp"
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
@@ -400,4 +402,84 @@ TEST_CASE("Server: large and small body writes keep their order on the wire", "[
     CHECK(client.received.size() == head.size() + total);
     CHECK(client.received.compare(0, head.size(), head) == 0);
     CHECK(client.received.compare(head.size(), std::string::npos, expected) == 0);
+}
+
+// ---- TLS listeners: TcpConnection with a TlsSession between the socket and HttpConnection ----
+
+namespace {
+
+std::shared_ptr<const TlsContext> test_tls_context() {
+    TlsConfig c;
+    c.certfile = cppuvicorn::test::server_identity().cert_file;
+    c.keyfile = cppuvicorn::test::server_identity().key_file;
+    return std::make_shared<const TlsContext>(c);
+}
+
+// Moves bytes between the in-memory TLS client and the socket.
+void shuttle(Client& socket, cppuvicorn::test::TlsClient& tls) {
+    std::string out = tls.output();
+    if (!out.empty()) socket.send(out);
+    socket.pump();
+    if (!socket.received.empty()) {
+        tls.input(socket.received);
+        socket.received.clear();
+    }
+}
+
+}  // namespace
+
+TEST_CASE("Server: TLS requests, keep-alive and a large response through TcpConnection",
+          "[server][tls]") {
+    LoopRig rig;
+    rig.server->set_tls(test_tls_context());
+    const std::string big(300000, 'z');  // many records, more than one socket write
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text(big));
+    Client socket{rig.bound.port};
+    cppuvicorn::test::TlsClient tls;
+    REQUIRE(rig.spin_until([&] {
+        shuttle(socket, tls);
+        return tls.handshake();
+    }));
+    std::string plain;
+    for (const std::string& request : {kGet1, kGet2}) {
+        tls.write(request);
+        plain.clear();
+        REQUIRE(rig.spin_until([&] {
+            shuttle(socket, tls);
+            plain += tls.read();
+            return plain.size() >= ok(big).size();
+        }));
+        CHECK(plain == ok(big));
+    }
+    REQUIRE(rig.app.conn != nullptr);
+    REQUIRE(rig.app.conn->tls() != nullptr);
+    CHECK(rig.app.conn->tls()->protocol_version() == 0x0304);
+    CHECK(rig.server->connection_count() == 1);
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "head GET /2",
+                                     "body_complete", "release"});
+
+    // The client's close_notify ends the connection like an EOF, answered with ours.
+    SSL_shutdown(tls.ssl());
+    bool closed = false;
+    REQUIRE(rig.spin_until([&] {
+        shuttle(socket, tls);
+        tls.read(&closed);
+        return closed && rig.server->connection_count() == 0;
+    }));
+}
+
+TEST_CASE("Server: plain HTTP on a TLS listener is closed and never reaches the application",
+          "[server][tls]") {
+    LoopRig rig;
+    rig.server->set_tls(test_tls_context());
+    Client client{rig.bound.port};
+    client.send(kGet1);
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.eof;
+    }));
+    CHECK(client.received.find("HTTP/1.1") == std::string::npos);
+    REQUIRE(rig.spin_until([&] { return rig.server->connection_count() == 0; }));
+    REQUIRE(rig.app.events == Events{"tls_error handshake", "closed"});
+    CHECK(rig.app.last_error_detail == "http request");
 }

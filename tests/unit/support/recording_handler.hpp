@@ -112,6 +112,11 @@ class RecordingHandler final : public core::ConnectionEvents, public core::Reque
     void on_connection_closed(core::HttpConnection&) noexcept override {
         events.push_back("closed");
     }
+    void on_tls_error(core::HttpConnection&, std::string_view detail,
+                      bool in_handshake) noexcept override {
+        events.push_back(in_handshake ? "tls_error handshake" : "tls_error");
+        last_error_detail = std::string(detail);
+    }
     std::string last_error_detail;
 
     // ---- core::RequestHandler ----
