@@ -167,6 +167,9 @@ class Server:
             ws_per_message_deflate=config.ws_per_message_deflate,
             run_asgi_ws=run_asgi_ws,
             asgi_version=config.asgi_version,
+            timeout_request_head=float(config.timeout_request_head or 0),
+            timeout_body_read=float(config.timeout_body_read or 0),
+            limit_request_body=config.limit_request_body or 0,
         )
         try:
             bound_port = self._listen(sockets)
