@@ -322,11 +322,27 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     return handler;
 }
 
-void BridgeServer::on_protocol_error(core::HttpConnection&, int status,
+void BridgeServer::on_protocol_error(core::HttpConnection& conn, int status,
                                      std::string_view detail) noexcept {
-    // The wire body stays Uvicorn's; the parser's reason goes to the debug log.
-    log_error(n::warning, "Invalid HTTP request received.");
-    std::string msg = "Invalid HTTP request (" + std::to_string(status) + "): ";
+    // The wire body stays Uvicorn's; the parser's reason goes to the debug log. A body over
+    // --limit-request-body is a valid request refused by the operator's policy: no warning.
+    if (status != 413) log_error(n::warning, "Invalid HTTP request received.");
+    std::string msg = (status == 413 ? "Request refused (" : "Invalid HTTP request (") +
+                      std::to_string(status) + ") from " + conn.peer().host + ": ";
+    msg.append(detail);
+    if (status == 413) {
+        msg += " (" + std::to_string(server_.config().max_body_size) + " bytes)";
+    }
+    log_error(n::debug, msg.c_str());
+}
+
+void BridgeServer::on_timeout(core::HttpConnection& conn, int status,
+                              std::string_view detail) noexcept {
+    // Uvicorn logs nothing when it closes a connection for a timeout; the reason goes to the
+    // debug log only.
+    std::string msg = "Connection from " + conn.peer().host + " closed";
+    if (status != 0) msg += " with " + std::to_string(status);
+    msg += ": ";
     msg.append(detail);
     log_error(n::debug, msg.c_str());
 }

@@ -84,6 +84,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
                                      const core::RequestHead& head) noexcept override;
     void on_protocol_error(core::HttpConnection& conn, int status,
                            std::string_view detail) noexcept override;
+    void on_timeout(core::HttpConnection& conn, int status,
+                    std::string_view detail) noexcept override;
     void on_connection_closed(core::HttpConnection& conn) noexcept override;
     void on_tls_error(core::HttpConnection& conn, std::string_view detail,
                       bool in_handshake) noexcept override;

@@ -34,7 +34,8 @@ std::unique_ptr<BridgeServer> make_server(
     std::size_t ws_max_queue, std::optional<double> ws_ping_interval,
     std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
     std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
-    bool forwarded_allow_all, std::shared_ptr<TlsContext> tls) {
+    bool forwarded_allow_all, std::shared_ptr<TlsContext> tls, double timeout_request_head,
+    double timeout_body_read, std::uint64_t limit_request_body) {
     BridgeOptions opts;
     if (forwarded_allow_ips) {
         opts.proxy_headers = true;
@@ -46,6 +47,9 @@ std::unique_ptr<BridgeServer> make_server(
     opts.asgi_version = std::move(asgi_version);
     opts.limit_concurrency = limit_concurrency.value_or(0);
     opts.core.timeout_keep_alive = timeout_keep_alive;
+    opts.core.timeout_request_head = timeout_request_head;  // <= 0: none
+    opts.core.timeout_body_read = timeout_body_read;        // <= 0: none
+    opts.core.max_body_size = limit_request_body;           // 0: none
     opts.core.date_header = date_header;
     opts.core.max_head_size = max_head_size;
     opts.core.backlog = backlog;
@@ -159,7 +163,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("ws_ping_timeout") = 20.0, py::arg("ws_per_message_deflate") = true,
              py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0",
              py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false,
-             py::arg("tls") = nullptr)
+             py::arg("tls") = nullptr, py::arg("timeout_request_head") = 10.0,
+             py::arg("timeout_body_read") = 30.0, py::arg("limit_request_body") = 0)
         .def(
             "listen_tcp",
             [](BridgeServer& s, const std::string& host, int port, int backlog) {

@@ -9,7 +9,13 @@
 namespace cppuvicorn::core {
 
 struct ServerConfig {
-    double timeout_keep_alive = 5.0;       // seconds idle between requests (and before the first)
+    double timeout_keep_alive = 5.0;  // seconds idle between requests (and before the first)
+    // Seconds from the first byte of a request head to its end; <= 0: no limit. → 408 + close.
+    double timeout_request_head = 10.0;
+    // Seconds without a byte of a request body the server is ready to read; <= 0: no limit.
+    // → 408 + close (or only close, once the response has started); the app hears disconnect.
+    double timeout_body_read = 30.0;
+    std::uint64_t max_body_size = 0;       // request body, bytes → 413 above it; 0: no limit
     std::size_t max_head_size = 65536;     // request line + headers, bytes → 431 above it
     std::size_t max_url_size = 65536;      // request target → 414 above it
     std::size_t max_header_count = 256;    // → 431 above it

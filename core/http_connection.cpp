@@ -12,6 +12,10 @@ constexpr std::string_view kInvalidRequest = "Invalid HTTP request received.";
 // Body writes at least this big skip the copy into the output buffer (see write_direct).
 constexpr std::size_t kDirectWriteMin = 16384;
 
+std::uint64_t to_ms(double seconds) {
+    return seconds <= 0 ? 0 : static_cast<std::uint64_t>(seconds * 1000.0);
+}
+
 }  // namespace
 
 HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
@@ -23,7 +27,7 @@ HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, Pee
       local_(std::move(local)) {
     // Silence is never free: a connection that never sends a request is closed like an idle
     // keep-alive connection.
-    arm_idle_deadline();
+    arm_deadline();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,11 +93,14 @@ void HttpConnection::process(std::string_view data) {
     in_process_ = false;
     if (closed_) return;
     if (!transport_.out().empty()) transport_.flush();
-    arm_idle_deadline();
+    // `data` is what the last execute() consumed: without a request in flight, the start (or
+    // more) of the next request head.
+    arm_deadline(!data.empty());
     update_read_state();
 }
 
 void HttpConnection::on_head(const RequestHead& head) {
+    head_deadline_ms_ = 0;
     if (head.upgrade && is_websocket_upgrade(head)) {
         ws_ = std::make_unique<WebSocketConnection>(transport_, ctx_);
         if (WebSocketHandler* h = ctx_.events.on_websocket(*this, head)) {
@@ -149,7 +156,27 @@ void HttpConnection::on_deadline() {
         return;
     }
     deadline_ms_ = 0;
-    if (handler_ == nullptr) transport_.close(true);
+    if (closed_) return;
+    if (handler_ == nullptr) {
+        bool head_started = parser_.in_head() || head_deadline_ms_ != 0;
+        if (!head_started) {
+            // Idle (before the first request or between requests): a silent close, as Uvicorn's
+            // keep-alive timeout.
+            transport_.close(true);
+            return;
+        }
+        bool total = head_deadline_ms_ != 0 && head_deadline_ms_ <= transport_.now_ms();
+        // 408 once a request line has started (RFC 9110 §15.5.9: the request was not complete
+        // in time); CRLFs alone before it get a silent close.
+        time_out(parser_.in_head() ? 408 : 0,
+                 total ? "request head not complete within the request head timeout"
+                       : "request head stalled for the keep-alive timeout");
+        return;
+    }
+    // A stale deadline (the body is complete, held back by the app, or waits for 100 Continue)
+    // is not the client's fault.
+    if (message_complete_ || body_paused_ || expect_continue_) return;
+    time_out(response_started_ ? 0 : 408, "request body stalled for the body read timeout");
 }
 
 void HttpConnection::shutdown() {
@@ -174,25 +201,41 @@ void HttpConnection::on_drained() {
 
 void HttpConnection::fail_request(int status, std::string_view detail) {
     ctx_.events.on_protocol_error(*this, status, detail);
-    if (!response_started_) {
-        auto& lines = ctx_.status_lines;
-        std::string_view body = kInvalidRequest;
-        std::string reason;
-        if (status != 400) {
-            // "HTTP/1.1 431 Request Header Fields Too Large\r\n" → the reason phrase.
-            std::string_view line = lines.line(status);
-            reason.assign(line.substr(13, line.size() - 15));
-            body = reason;
-        }
-        write_simple_response(transport_.out(), lines, status,
-                              ctx_.config.date_header ? ctx_.date.header_line() : "",
-                              ctx_.config.default_headers, body);
-    }
+    if (!response_started_) write_canned_response(status);
     // response_complete_ is left alone: a handler whose response is unfinished (its body was
     // malformed) hears on_disconnect before on_release, like any other lost connection.
     keep_alive_ = false;
     transport_.close(false);
     closed_ = true;
+}
+
+void HttpConnection::time_out(int status, std::string_view detail) {
+    ctx_.events.on_timeout(*this, status, detail);
+    keep_alive_ = false;
+    if (status != 0 && !response_started_) {
+        write_canned_response(status);
+        transport_.close(false);
+    } else {
+        // Nothing (more) worth waiting for: a client this silent may not read either.
+        transport_.close(true);
+    }
+    // As in fail_request: an unfinished handler hears on_disconnect (http.disconnect).
+    closed_ = true;
+}
+
+void HttpConnection::write_canned_response(int status) {
+    auto& lines = ctx_.status_lines;
+    std::string_view body = kInvalidRequest;
+    std::string reason;
+    if (status != 400) {
+        // "HTTP/1.1 431 Request Header Fields Too Large\r\n" → the reason phrase.
+        std::string_view line = lines.line(status);
+        reason.assign(line.substr(13, line.size() - 15));
+        body = reason;
+    }
+    write_simple_response(transport_.out(), lines, status,
+                          ctx_.config.date_header ? ctx_.date.header_line() : "",
+                          ctx_.config.default_headers, body);
 }
 
 void HttpConnection::finish_request() {
@@ -209,13 +252,28 @@ void HttpConnection::finish_request() {
     }
 }
 
-void HttpConnection::arm_idle_deadline() {
-    if (closed_ || handler_ != nullptr) {
-        deadline_ms_ = 0;
+void HttpConnection::arm_deadline(bool head_bytes) {
+    deadline_ms_ = 0;
+    if (closed_ || ws_) return;
+    const ServerConfig& c = ctx_.config;
+    if (handler_ == nullptr) {
+        std::uint64_t now = transport_.now_ms();
+        // The head timer starts at the first byte of the next request (CRLFs before a request
+        // line count: trickling them is no way around it) and is not pushed back by later bytes.
+        // Not inside the body of a request answered without a handler (e.g. 503).
+        bool reading_head = !parser_.in_message() || parser_.in_head();
+        if (head_bytes && reading_head && head_deadline_ms_ == 0 && c.timeout_request_head > 0) {
+            head_deadline_ms_ = now + to_ms(c.timeout_request_head);
+        }
+        deadline_ms_ = now + to_ms(c.timeout_keep_alive);
+        if (head_deadline_ms_ != 0 && head_deadline_ms_ < deadline_ms_) {
+            deadline_ms_ = head_deadline_ms_;
+        }
         return;
     }
-    auto timeout = static_cast<std::uint64_t>(ctx_.config.timeout_keep_alive * 1000.0);
-    deadline_ms_ = transport_.now_ms() + timeout;
+    // A request is in flight: only the client's silence while its body is wanted counts.
+    if (message_complete_ || body_paused_ || expect_continue_ || c.timeout_body_read <= 0) return;
+    deadline_ms_ = transport_.now_ms() + to_ms(c.timeout_body_read);
 }
 
 void HttpConnection::update_read_state() {
@@ -286,13 +344,15 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
                 if (!pending_.empty()) {
                     transport_.schedule_resume();
                 } else {
-                    arm_idle_deadline();
+                    arm_deadline();
                 }
                 update_read_state();
             }
         } else {
-            // The app answered without reading the whole body: read on and discard it.
+            // The app answered without reading the whole body: read on and discard it (under
+            // the body read timeout).
             body_paused_ = false;
+            arm_deadline();
             update_read_state();
         }
         return WriteResult::kOk;
@@ -319,16 +379,19 @@ void HttpConnection::want_body() {
     expect_continue_ = false;
     transport_.out().append(kContinue);
     if (!in_process_) transport_.flush();
+    arm_deadline();  // the client was waiting for us; from now on the body is its turn
 }
 
 void HttpConnection::pause_body() {
     body_paused_ = true;
+    if (handler_ != nullptr) deadline_ms_ = 0;  // the app holds back the body: no body timer
     update_read_state();
 }
 
 void HttpConnection::resume_body() {
     if (!body_paused_) return;
     body_paused_ = false;
+    if (handler_ != nullptr) arm_deadline();
     update_read_state();
 }
 

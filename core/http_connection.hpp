@@ -42,9 +42,18 @@ class HttpConnection final : private ParserSink {
     void on_drained();                    // buffered() dropped below the high-water mark
     void on_closed();                     // the transport is closed: release the handler
     void process_pending();               // see Transport::schedule_resume
-    // Idle/timeout deadline on Transport::now_ms()'s clock, or 0 for none.
+    // The next timeout on Transport::now_ms()'s clock, or 0 for none. One deadline carries
+    // every HTTP timeout (the server's sweep checks it a few times a second):
+    // - no request in flight: keep-alive silence (--timeout-keep-alive), re-armed by every
+    //   read, and from the first byte of a request head also the head's total time
+    //   (--timeout-request-head), whichever comes first;
+    // - a request whose body is still being read: body silence (--timeout-body-read), re-armed
+    //   by every read; off while the application holds back the body (pause_body) or has not
+    //   asked for it after "Expect: 100-continue".
     std::uint64_t deadline_ms() const { return ws_ ? ws_->deadline_ms() : deadline_ms_; }
-    void on_deadline();  // the deadline passed
+    // The deadline passed: close (a 408 first if a request was cut short and nothing was
+    // answered yet; silently for an idle connection, as Uvicorn's keep-alive timeout).
+    void on_deadline();
     // Server shutdown: close now if idle, else close after the current response.
     void shutdown();
 
@@ -83,7 +92,9 @@ class HttpConnection final : private ParserSink {
     void process(std::string_view data);
     void fail_request(int status, std::string_view detail);
     void finish_request();
-    void arm_idle_deadline();
+    void arm_deadline(bool head_bytes = false);
+    void time_out(int status, std::string_view detail);
+    void write_canned_response(int status);  // status line + reason (Uvicorn's text for 400)
     void update_read_state();
 
     Transport& transport_;
@@ -97,6 +108,7 @@ class HttpConnection final : private ParserSink {
     ResponseState response_;
     std::string pending_;  // unparsed bytes waiting behind the current request
     std::uint64_t deadline_ms_ = 0;
+    std::uint64_t head_deadline_ms_ = 0;  // end of --timeout-request-head for the head being read
     HeaderError header_error_ = HeaderError::kNone;
     bool in_process_ = false;        // inside process(): completions are handled by its loop
     bool message_complete_ = false;  // the current request has been read to its end

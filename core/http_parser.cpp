@@ -2,6 +2,7 @@
 #include "core/http_parser.hpp"
 
 #include <cstring>
+#include <utility>
 
 namespace cppuvicorn::core {
 
@@ -25,6 +26,11 @@ struct ParserSettings {
         s.on_headers_complete = parser_thunk<&HttpParser::handle_headers_complete>;
         s.on_body = parser_thunk<&HttpParser::handle_body, const char*, std::size_t>;
         s.on_message_complete = parser_thunk<&HttpParser::handle_message_complete>;
+        s.on_chunk_header = parser_thunk<&HttpParser::handle_chunk_header>;
+        s.on_chunk_extension_name =
+            parser_thunk<&HttpParser::handle_chunk_extension_name, const char*, std::size_t>;
+        s.on_chunk_extension_name_complete =
+            parser_thunk<&HttpParser::handle_chunk_extension_name_complete>;
         return s;
     }
 };
@@ -113,6 +119,7 @@ int HttpParser::handle_message_begin() {
     head_buf_.clear();
     raw_headers_.clear();
     url_ = {};
+    body_bytes_ = 0;
     return 0;
 }
 
@@ -202,7 +209,12 @@ int HttpParser::handle_headers_complete() {
             h.value.remove_suffix(1);
         }
         if (h.name == "expect" && iequals(h.value, "100-continue")) head_.expect_continue = true;
-        if (h.name == "transfer-encoding") transfer_encoding = true;  // llhttp skips empty ones
+        if (h.name == "transfer-encoding") {
+            // llhttp skips an empty one, so "chunked" plus an empty field would pass as chunked;
+            // a proxy that takes the empty field as "no coding" would frame it differently.
+            if (h.value.empty()) return fail("400:empty Transfer-Encoding");
+            transfer_encoding = true;
+        }
         head_.headers.push_back(h);
     }
     if (head_.http_major != 1) return fail("505:HTTP version not supported");
@@ -213,18 +225,85 @@ int HttpParser::handle_headers_complete() {
     if (transfer_encoding && (parser_.flags & F_CHUNKED) == 0) {
         return fail("400:Request has invalid `Transfer-Encoding`");
     }
+    // A declared length over the limit is answered before any of the body is read (and before
+    // a 100 Continue could invite it). A chunked body is counted as it arrives (handle_body).
+    if (config_.max_body_size != 0 && (parser_.flags & F_CONTENT_LENGTH) != 0 &&
+        parser_.content_length > config_.max_body_size) {
+        return fail("413:content-length over the request body limit");
+    }
     sink_.on_head(head_);
     return 0;
 }
 
 int HttpParser::handle_body(const char* at, std::size_t len) {
+    body_bytes_ += len;
+    if (config_.max_body_size != 0 && body_bytes_ > config_.max_body_size) {
+        return fail("413:chunked request body over the request body limit");
+    }
     sink_.on_body({at, len});
     return 0;
 }
 
 int HttpParser::handle_message_complete() {
     in_message_ = false;
-    return sink_.on_message_end();
+    scan_head_ = true;
+    scan_started_ = false;
+    scan_line_ = 0;
+    int r = sink_.on_message_end();
+    if (r != 0) return r;
+    // The next message's head must be scanned before llhttp reads it: stop here, execute()
+    // scans and continues.
+    auto_resume_ = true;
+    return ParserSink::kPause;
+}
+
+// The last chunk's size line: the trailer section follows, whose lines (and the blank line that
+// ends the message) must end in CRLF like the head's: stop so execute() scans them first.
+int HttpParser::handle_chunk_header() {
+    if (parser_.content_length != 0) return 0;
+    scan_head_ = true;
+    scan_started_ = true;  // a blank line now ends the message
+    scan_line_ = 0;
+    scan_last_ = '\n';
+    auto_resume_ = true;
+    return ParserSink::kPause;
+}
+
+// RFC 9112 §7.1.1: chunk-ext-name is a token, never empty (llhttp 8.1 accepts ";=value").
+int HttpParser::handle_chunk_extension_name(const char*, std::size_t len) {
+    ext_name_len_ += len;
+    return 0;
+}
+
+int HttpParser::handle_chunk_extension_name_complete() {
+    if (std::exchange(ext_name_len_, 0) == 0) return fail("400:empty chunk extension name");
+    return 0;
+}
+
+bool HttpParser::scan_head(std::string_view data) {
+    const char* p = data.data();
+    const char* end = p + data.size();
+    while (p < end) {
+        const auto* lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
+        if (lf == nullptr) {
+            scan_line_ += end - p;
+            scan_last_ = end[-1];
+            return true;
+        }
+        char before = lf > p ? lf[-1] : scan_last_;
+        std::size_t line = scan_line_ + (lf - p);
+        if (before != '\r' || line == 0) return false;  // a bare LF (or one right after an LF)
+        scan_line_ = 0;
+        scan_last_ = '\n';
+        p = lf + 1;
+        if (line > 1) {
+            scan_started_ = true;
+        } else if (scan_started_) {
+            scan_head_ = false;  // the blank line ending the head: the body is not scanned
+            return true;
+        }
+    }
+    return true;
 }
 
 void HttpParser::remember_tail(std::string_view done) {
@@ -256,11 +335,31 @@ ParseResult HttpParser::execute(std::string_view data) {
         r.kind = ParseResult::Kind::kPaused;
         return r;
     }
-    exec_begin_ = data.data();
-    llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
-    const char* pos = err == HPE_OK ? nullptr : llhttp_get_error_pos(&parser_);
-    r.consumed = pos ? static_cast<std::size_t>(pos - data.data()) : data.size();
-    remember_tail(data.substr(0, r.consumed));
+    std::size_t done = 0;
+    llhttp_errno_t err = HPE_OK;
+    for (;;) {
+        std::string_view rest = data.substr(done);
+        if (scan_head_ && !scan_head(rest)) {
+            r.kind = ParseResult::Kind::kError;
+            r.status = 400;
+            r.detail = "bare LF in the request head";
+            r.consumed = done;
+            failure_ = r;
+            failure_.consumed = 0;
+            return r;
+        }
+        exec_begin_ = rest.data();
+        err = llhttp_execute(&parser_, rest.data(), rest.size());
+        const char* pos = err == HPE_OK ? nullptr : llhttp_get_error_pos(&parser_);
+        std::size_t consumed = pos ? static_cast<std::size_t>(pos - rest.data()) : rest.size();
+        remember_tail(rest.substr(0, consumed));
+        done += consumed;
+        if (err != HPE_PAUSED || !auto_resume_) break;
+        // A message ended where the sink did not ask to pause: go on with the next one.
+        auto_resume_ = false;
+        llhttp_resume(&parser_);
+    }
+    r.consumed = done;
     if (err == HPE_OK) return r;
     if (err == HPE_PAUSED) {
         r.kind = ParseResult::Kind::kPaused;

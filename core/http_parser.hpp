@@ -74,6 +74,10 @@ class HttpParser {
     int handle_headers_complete();
     int handle_body(const char* at, std::size_t len);
     int handle_message_complete();
+    int handle_chunk_header();
+    int handle_chunk_extension_name(const char* at, std::size_t len);
+    int handle_chunk_extension_name_complete();
+    bool scan_head(std::string_view data);
     int fail(const char* reason);  // sets a "STATUS:reason" user error
     bool grow_head(std::size_t len);
     bool follows_fold(const char* at, std::size_t len) const;
@@ -100,6 +104,16 @@ class HttpParser {
     const char* exec_begin_ = nullptr;  // the buffer being executed
     // How the bytes executed so far end: for spotting an obs-fold across execute() calls.
     enum class Tail : std::uint8_t { kOther, kLf, kLfSpace } tail_ = Tail::kOther;
+    std::uint64_t body_bytes_ = 0;  // of the current message, for max_body_size
+    // scan_head(): llhttp 8.1 takes a bare LF as the end of the request line and of the header
+    // section; RFC 9112 §2.2 lets a server reject it, and a proxy in front may not agree on
+    // where such a line ends. Every LF in a head must follow a CR.
+    std::size_t scan_line_ = 0;     // bytes of the current head line seen so far
+    char scan_last_ = '\n';         // the last byte scanned (across execute() calls)
+    bool scan_head_ = true;         // the next bytes belong to a request head
+    bool scan_started_ = false;     // the request line has started (CRLFs before it are skipped)
+    bool auto_resume_ = false;      // paused at a message end the sink did not pause at
+    std::size_t ext_name_len_ = 0;  // of the chunk extension being read
     bool in_value_ = false;
     bool in_message_ = false;
     bool head_done_ = false;

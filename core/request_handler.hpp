@@ -98,6 +98,14 @@ class ConnectionEvents {
     // Core answered the request itself (400/413/414/431/…): for logging. `detail` says why.
     virtual void on_protocol_error(HttpConnection& conn, int status,
                                    std::string_view detail) noexcept = 0;
+    // Core closed the connection for a timeout while a request was being read (head or body):
+    // for the debug log. `status` is what it answered (408), or 0 if it closed without a
+    // response. Not called for an idle keep-alive connection, which is closed silently.
+    virtual void on_timeout(HttpConnection& conn, int status, std::string_view detail) noexcept {
+        (void)conn;
+        (void)status;
+        (void)detail;
+    }
     // The connection is closed; its user data (if any) may be dropped now.
     virtual void on_connection_closed(HttpConnection& conn) noexcept = 0;
     // A request asks to upgrade to WebSocket (its last Upgrade header is "websocket" and its

@@ -159,6 +159,9 @@ class Config:
         factory: bool = False,
         h11_max_incomplete_event_size: int | None = None,
         reset_contextvars: bool = False,
+        timeout_request_head: float | None = 10.0,
+        timeout_body_read: float | None = 30.0,
+        limit_request_body: int | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -192,6 +195,10 @@ class Config:
         self.limit_max_requests_jitter = limit_max_requests_jitter
         self.backlog = backlog
         self.timeout_keep_alive = timeout_keep_alive
+        # cppuvicorn's own (None or 0: off): see SECURITY.md.
+        self.timeout_request_head = timeout_request_head
+        self.timeout_body_read = timeout_body_read
+        self.limit_request_body = limit_request_body
         self.timeout_notify = timeout_notify
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
         self.timeout_drain = timeout_drain

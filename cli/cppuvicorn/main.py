@@ -243,6 +243,13 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
 )
 @option("--backlog", type=int, default=2048, help="Maximum number of connections to hold in backlog")
 @option(
+    "--limit-request-body",
+    type=click.IntRange(min=0),
+    default=None,
+    help="cppuvicorn: maximum size in bytes of a request body. A larger Content-Length is answered 413 before "
+    "the body is read; a chunked body is cut off with 413 when it goes over. Default: no limit.",
+)
+@option(
     "--limit-max-requests",
     type=int,
     default=None,
@@ -262,6 +269,23 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
     default=5,
     show_default=True,
     help="Close Keep-Alive connections if no new data is received within this timeout (in seconds).",
+)
+@option(
+    "--timeout-request-head",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="cppuvicorn: close a connection whose request line and headers are not complete within this many "
+    "seconds of their first byte (a 408 is sent once a request line has started). 0 disables it.",
+)
+@option(
+    "--timeout-body-read",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="cppuvicorn: close a connection that sends no byte of a request body for this many seconds while "
+    "the server is reading it (408 if no response has started; the app receives http.disconnect). "
+    "0 disables it.",
 )
 @option(
     "--timeout-graceful-shutdown",
@@ -417,6 +441,9 @@ def run(
     factory: bool = False,
     h11_max_incomplete_event_size: int | None = None,
     reset_contextvars: bool = False,
+    timeout_request_head: float = 10.0,
+    timeout_body_read: float = 30.0,
+    limit_request_body: int | None = None,
 ) -> None:
     """Serve ``app`` (an ASGI application or a "module:attr" import string) until stopped.
 
@@ -462,6 +489,9 @@ def run(
         limit_max_requests=limit_max_requests,
         limit_max_requests_jitter=limit_max_requests_jitter,
         timeout_keep_alive=timeout_keep_alive,
+        timeout_request_head=timeout_request_head,
+        timeout_body_read=timeout_body_read,
+        limit_request_body=limit_request_body,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         timeout_drain=timeout_drain,
         timeout_worker_healthcheck=timeout_worker_healthcheck,

@@ -200,6 +200,9 @@ class Server:
             asgi_version=config.asgi_version,
             tls=config.ssl,
             **self._proxy_headers_options(),
+            timeout_request_head=float(config.timeout_request_head or 0),
+            timeout_body_read=float(config.timeout_body_read or 0),
+            limit_request_body=config.limit_request_body or 0,
         )
         try:
             bound_port = self._listen(sockets)

@@ -546,3 +546,266 @@ TEST_CASE("HttpConnection: an upgrade request answered over HTTP/1.1 is followed
             Events{"head GET /ws", "body_complete", "release", "head GET /2", "body_complete"});
     REQUIRE(rig.wire.written() == ok("no websockets here"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts (one deadline, checked by the server's sweep) and the request body limit
+
+namespace {
+
+std::string timeout_408() {
+    return simple("HTTP/1.1 408 Request Timeout", "Request Timeout");
+}
+
+// A rig whose timeouts are easy to tell apart: keep-alive 5 s, head 12 s, body 7 s.
+struct TimeoutRig : Rig {
+    TimeoutRig() {
+        config.timeout_keep_alive = 5.0;
+        config.timeout_request_head = 12.0;
+        config.timeout_body_read = 7.0;
+    }
+    std::uint64_t t0 = wire.clock_ms;
+    void at(std::uint64_t ms_after_t0) { wire.clock_ms = t0 + ms_after_t0; }
+};
+
+}  // namespace
+
+TEST_CASE("HttpConnection: an idle connection is closed silently at the keep-alive deadline",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    rig.wire.deliver("");  // nothing
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 5000);
+    rig.conn.on_deadline();
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    CHECK(rig.wire.written().empty());
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"closed"});  // no timeout report for plain idleness
+}
+
+TEST_CASE("HttpConnection: a trickled request head is cut off by the head timeout with 408",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    // One byte every 4 s: each pushes the keep-alive deadline back, never past the head's.
+    rig.wire.deliver("G");
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 5000);
+    rig.at(4000);
+    rig.wire.deliver("E");
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 9000);
+    rig.at(8000);
+    rig.wire.deliver("T");
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 12000);
+    rig.at(12000);
+    rig.conn.on_deadline();
+    REQUIRE(rig.wire.written() == timeout_408());
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    CHECK(rig.app.last_error_detail.find("request head timeout") != std::string::npos);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"timeout 408", "closed"});  // the app never saw it
+}
+
+TEST_CASE("HttpConnection: silence in the middle of a request head is the keep-alive timeout",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    SECTION("with a head timeout too") {}
+    SECTION("with the head timeout off") {
+        rig.config.timeout_request_head = 0;
+    }
+    rig.at(1000);
+    rig.wire.deliver("GET /x HTTP/1.1\r\nHo");
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 6000);
+    rig.at(6000);
+    rig.conn.on_deadline();
+    REQUIRE(rig.wire.written() == timeout_408());
+    CHECK(rig.app.last_error_detail.find("keep-alive timeout") != std::string::npos);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"timeout 408", "closed"});
+}
+
+TEST_CASE("HttpConnection: trickled CRLFs before a request line do not escape the head timeout",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    for (std::uint64_t t = 0; t < 12000; t += 1000) {
+        rig.at(t);
+        rig.wire.deliver("\r\n");
+    }
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 12000);
+    rig.at(12000);
+    rig.conn.on_deadline();
+    // No request line yet: nothing to answer, a silent close (reported for the debug log).
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    CHECK(rig.wire.written().empty());
+    rig.wire.end_of_turn();
+    REQUIRE(rig.app.events == Events{"timeout 0", "closed"});
+}
+
+TEST_CASE("HttpConnection: each request head gets its own head timeout",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("x"));
+    rig.wire.deliver("GET /1 HTTP/1.1\r\nHo");
+    rig.at(4000);
+    rig.wire.deliver("st: a\r\n\r\n");                 // answered at once
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 9000);  // idle again: keep-alive only
+
+    SECTION("a second head started later is measured from its own first byte") {
+        rig.at(8000);
+        rig.wire.deliver("GET /2 HT");
+        rig.at(12000);
+        rig.wire.deliver("TP/1.1\r\n");
+        rig.at(16000);
+        rig.wire.deliver("Host: a\r\n");
+        REQUIRE(rig.conn.deadline_ms() == rig.t0 + 20000);  // 8 s + 12 s
+        rig.at(19999);
+        rig.wire.deliver("\r\n");
+        REQUIRE(rig.app.count("release") == 2);
+        CHECK_FALSE(rig.wire.closed());
+    }
+    SECTION("pipelined bytes start their head timer when they are parsed") {
+        rig.app.respond_at(Moment::kNever);
+        rig.at(5000);
+        rig.wire.deliver(kGet2 + "GET /3 HTTP/1.1\r\n");  // /3 waits behind /2
+        REQUIRE(rig.conn.deadline_ms() == 0);
+        rig.at(30000);
+        rig.app.respond(Response::text("two"));
+        rig.wire.end_of_turn();                             // parses the start of /3 now
+        REQUIRE(rig.conn.deadline_ms() == rig.t0 + 35000);  // keep-alive, head at 42 s
+        rig.at(34000);
+        rig.wire.deliver("X: 1\r\n");
+        rig.at(38000);
+        rig.wire.deliver("Y: 2\r\n");
+        REQUIRE(rig.conn.deadline_ms() == rig.t0 + 42000);
+    }
+}
+
+TEST_CASE("HttpConnection: a stalled request body is closed by the body read timeout",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    rig.wire.deliver("POST /u HTTP/1.1\r\nContent-Length: 10\r\n\r\nhel");
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 7000);
+    rig.at(6000);
+    rig.wire.deliver("lo");  // every read pushes it back
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 13000);
+
+    SECTION("before the response: 408, and the app hears disconnect") {
+        rig.at(13000);
+        rig.conn.on_deadline();
+        REQUIRE(rig.wire.written() == timeout_408());
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.app.last_error_detail.find("body read timeout") != std::string::npos);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events == Events{"head POST /u", "body hel", "body lo", "timeout 408",
+                                         "disconnect", "release", "closed"});
+    }
+    SECTION("after the response started: closed without a 408") {
+        rig.app.start({200, {}, ""});
+        rig.wire.end_of_turn();
+        CHECK(rig.wire.take_written().starts_with("HTTP/1.1 200 OK\r\n"));
+        rig.conn.on_deadline();
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+        CHECK(rig.wire.written().empty());
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events == Events{"head POST /u", "body hel", "body lo", "timeout 0",
+                                         "disconnect", "release", "closed"});
+    }
+    SECTION("off when the timeout is 0") {
+        rig.config.timeout_body_read = 0;
+        rig.wire.deliver("wo");
+        REQUIRE(rig.conn.deadline_ms() == 0);
+    }
+}
+
+TEST_CASE("HttpConnection: the body timer waits while the client is not the one to move",
+          "[http_connection][timeout]") {
+    TimeoutRig rig;
+    SECTION("the app holds back the body (pause_body)") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n12345");
+        rig.conn.pause_body();
+        REQUIRE(rig.conn.deadline_ms() == 0);
+        rig.conn.on_deadline();  // a deadline taken before the pause is stale: ignored
+        CHECK_FALSE(rig.wire.closed());
+        rig.at(60000);
+        rig.conn.resume_body();
+        REQUIRE(rig.conn.deadline_ms() == rig.t0 + 67000);  // from the resume
+    }
+    SECTION("the client waits for 100 Continue") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+        REQUIRE(rig.conn.deadline_ms() == 0);
+        rig.conn.on_deadline();
+        CHECK_FALSE(rig.wire.closed());
+        rig.at(20000);
+        rig.conn.want_body();
+        REQUIRE(rig.conn.deadline_ms() == rig.t0 + 27000);
+    }
+    SECTION("the body is complete: the app is working on the response") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok");
+        REQUIRE(rig.conn.deadline_ms() == 0);
+        rig.conn.on_deadline();
+        CHECK_FALSE(rig.wire.closed());
+    }
+}
+
+TEST_CASE(
+    "HttpConnection: a body left unread after the response is discarded under the body "
+    "timeout",
+    "[http_connection][timeout]") {
+    TimeoutRig rig;
+    rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello");
+    rig.at(1000);
+    rig.app.respond(Response::text("early"));
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 8000);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.take_written() == ok("early"));
+    rig.at(8000);
+    rig.conn.on_deadline();
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    rig.wire.end_of_turn();
+    CHECK(rig.wire.written().empty());
+    // The response was complete: no disconnect for the app.
+    REQUIRE(rig.app.events ==
+            Events{"head POST /", "body hello", "timeout 0", "release", "closed"});
+}
+
+TEST_CASE("HttpConnection: a request body over max_body_size gets 413", "[http_connection]") {
+    Rig rig;
+    rig.config.max_body_size = 5;
+    const std::string too_large =
+        simple("HTTP/1.1 413 Request Entity Too Large", "Request Entity Too Large");
+    SECTION("a content-length over the limit: answered before the app or the body") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\n");
+        REQUIRE(rig.app.events == Events{"error 413"});
+        REQUIRE(rig.wire.written() == too_large);
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    }
+    SECTION("with Expect: 100-continue: 413 instead of the 100") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99\r\n\r\n");
+        REQUIRE(rig.app.events == Events{"error 413"});
+        REQUIRE(rig.wire.written() == too_large);
+    }
+    SECTION("exactly the limit is accepted") {
+        rig.app.respond_at(Moment::kOnBodyComplete, Response::text("ok"));
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        REQUIRE(rig.app.events == Events{"head POST /", "body hello", "body_complete", "release"});
+        rig.wire.deliver(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+            "2\r\nde\r\n0\r\n\r\n");
+        REQUIRE(rig.app.count("release") == 2);
+        CHECK_FALSE(rig.wire.closed());
+    }
+    SECTION("a chunked body going over mid-stream: 413, and the app hears disconnect") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+        rig.wire.deliver("3\r\ndef\r\n0\r\n\r\n" + kGet2);
+        REQUIRE(rig.wire.written() == too_large);
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        rig.wire.end_of_turn();
+        REQUIRE(rig.app.events ==
+                Events{"head POST /", "body abc", "error 413", "disconnect", "release", "closed"});
+    }
+    SECTION("a chunked body going over after the app answered: closed, nothing more written") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+        rig.app.respond(Response::text("early"));
+        rig.wire.end_of_turn();
+        REQUIRE(rig.wire.take_written() == ok("early"));
+        rig.wire.deliver("3\r\ndef\r\n");
+        CHECK(rig.wire.written().empty());
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    }
+}

@@ -109,6 +109,10 @@ class RecordingHandler final : public core::ConnectionEvents, public core::Reque
         events.push_back("error " + std::to_string(status));
         last_error_detail = std::string(detail);
     }
+    void on_timeout(core::HttpConnection&, int status, std::string_view detail) noexcept override {
+        events.push_back("timeout " + std::to_string(status));
+        last_error_detail = std::string(detail);
+    }
     void on_connection_closed(core::HttpConnection&) noexcept override {
         events.push_back("closed");
     }
