@@ -245,21 +245,13 @@ def test_load_spreads_across_workers(cppuvicorn_servers):
     srv = spawn(cppuvicorn_servers, "--no-access-log")
     kids = children(srv.pid)
     total = 2000
-    # The workers share one listening socket (as Uvicorn's do): whichever wakes first accepts
-    # every pending connection, so one 2000-request sample in about ten lands outside 35-65 %.
-    # The bound must hold in at least one of three consecutive samples; every sample
-    # is printed so the spread stays visible.
-    samples = []
-    for _ in range(3):
-        shares = _measure_spread(srv, total)
-        samples.append(sorted(shares.values()))
-        assert set(shares) == kids, (shares, kids)
-        if all(35 <= share <= 65 for share in shares.values()):
-            break
-    print(f"\nload spread samples (4 concurrent clients, {total} requests each): {samples}")
-    assert all(35 <= share <= 65 for share in samples[-1]), (
-        f"no sample within 35-65 %: {samples}; the workers share one listening socket, and the one "
-        f"that wakes first accepts every pending connection")
+    # The workers share one listening socket (as Uvicorn's do). Each takes one connection per
+    # loop turn, once the requests it already read have started, so neither runs away with
+    # the queue: one 2000-request sample must be within the bound.
+    shares = _measure_spread(srv, total)
+    print(f"\nload spread (4 concurrent clients, {total} requests): {sorted(shares.values())}")
+    assert set(shares) == kids, (shares, kids)
+    assert all(35 <= share <= 65 for share in shares.values()), shares
 
 
 # ----------------------------------------------------------------------------- dying workers
