@@ -90,6 +90,7 @@ BridgeServer::~BridgeServer() {
                         server_cert_,
                         run_cb_,
                         tick_cb_,
+                        accept_cb_,
                         tick_handle_,
                         stashed_type_,
                         stashed_value_,
@@ -101,9 +102,10 @@ BridgeServer::~BridgeServer() {
     }
 }
 
-void BridgeServer::set_callbacks(PyObject* run_cb, PyObject* tick_cb) {
+void BridgeServer::set_callbacks(PyObject* run_cb, PyObject* tick_cb, PyObject* accept_cb) {
     Py_XSETREF(run_cb_, Py_NewRef(run_cb));
     Py_XSETREF(tick_cb_, Py_NewRef(tick_cb));
+    Py_XSETREF(accept_cb_, Py_NewRef(accept_cb));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -129,6 +131,20 @@ void BridgeServer::request_run() noexcept {
         report_python_error("scheduling the libuv loop");
     }
     Py_XDECREF(r);
+}
+
+void BridgeServer::request_accept() noexcept {
+    // call_soon is FIFO: this runs after the first steps of the tasks this turn created.
+    if (closed_ || accept_cb_ == nullptr) return;
+    PyObject* r = PyObject_CallOneArg(loop_call_soon_, accept_cb_);
+    if (r == nullptr) report_python_error("scheduling an accept");
+    Py_XDECREF(r);
+}
+
+void BridgeServer::accept_from_loop() {
+    if (closed_) return;
+    server_.accept_turn();
+    after_run();
 }
 
 void BridgeServer::run_from_loop() {

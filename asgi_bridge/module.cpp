@@ -90,7 +90,10 @@ std::unique_ptr<BridgeServer> make_server(
     py::cpp_function tick_cb([raw, alive]() {
         if (*alive) raw->tick_from_loop();
     });
-    raw->set_callbacks(run_cb.ptr(), tick_cb.ptr());
+    py::cpp_function accept_cb([raw, alive]() {
+        if (*alive) raw->accept_from_loop();
+    });
+    raw->set_callbacks(run_cb.ptr(), tick_cb.ptr(), accept_cb.ptr());
     return server;
 }
 
@@ -183,13 +186,13 @@ PYBIND11_MODULE(_core, m) {
             py::arg("path"), py::arg("backlog") = 2048)
         .def(
             "listen_fd",
-            [](BridgeServer& s, int fd) {
+            [](BridgeServer& s, int fd, std::size_t accepts_per_turn) {
                 cppuvicorn::core::PeerAddress bound;
-                int rc = s.core().listen_fd(fd, &bound);
+                int rc = s.core().listen_fd(fd, &bound, accepts_per_turn);
                 if (rc != 0) raise_uv_error(rc);
                 return py::make_tuple(bound.host, bound.port);
             },
-            py::arg("fd"))
+            py::arg("fd"), py::arg("accepts_per_turn") = 0)
         .def("start", &BridgeServer::start)
         .def("stop_listening", &BridgeServer::stop_listening)
         .def("shutdown", &BridgeServer::shutdown)

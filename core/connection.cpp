@@ -3,6 +3,8 @@
 
 #include "core/server.hpp"
 
+#include <unistd.h>
+
 namespace cppuvicorn::core {
 
 namespace {
@@ -42,37 +44,62 @@ TcpConnection* TcpConnection::accept(Server& server, uv_stream_t* listener, bool
                  [](uv_handle_t* h) noexcept { delete static_cast<TcpConnection*>(h->data); });
         return nullptr;
     }
+    c->start();
+    return c;
+}
+
+TcpConnection* TcpConnection::adopt(Server& server, int fd, bool unix_socket) {
+    auto* c = new TcpConnection(server, unix_socket);
+    int rc = unix_socket ? uv_pipe_init(server.loop(), &c->handle_.pipe, 0)
+                         : uv_tcp_init(server.loop(), &c->handle_.tcp);
+    if (rc != 0) {
+        ::close(fd);
+        delete c;
+        return nullptr;
+    }
+    c->handle()->data = c;
+    rc = unix_socket ? uv_pipe_open(&c->handle_.pipe, fd) : uv_tcp_open(&c->handle_.tcp, fd);
+    if (rc != 0) {
+        ::close(fd);  // not the handle's yet
+        uv_close(c->handle(),
+                 [](uv_handle_t* h) noexcept { delete static_cast<TcpConnection*>(h->data); });
+        return nullptr;
+    }
+    c->start();
+    return c;
+}
+
+void TcpConnection::start() {
     PeerAddress peer;
     PeerAddress local;
-    if (unix_socket) {
+    if (unix_socket_) {
         char path[512];
         std::size_t len = sizeof path;
-        if (uv_pipe_getsockname(&c->handle_.pipe, path, &len) == 0) local.host.assign(path, len);
+        if (uv_pipe_getsockname(&handle_.pipe, path, &len) == 0) local.host.assign(path, len);
         local.unix_socket = peer.unix_socket = true;
     } else {
-        uv_tcp_nodelay(&c->handle_.tcp, 1);
+        uv_tcp_nodelay(&handle_.tcp, 1);
         sockaddr_storage ss{};
         int len = sizeof ss;
-        if (uv_tcp_getpeername(&c->handle_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+        if (uv_tcp_getpeername(&handle_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
             peer = address_of(ss);
         }
         len = sizeof ss;
-        if (uv_tcp_getsockname(&c->handle_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+        if (uv_tcp_getsockname(&handle_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
             local = address_of(ss);
         }
     }
-    c->http_ =
-        std::make_unique<HttpConnection>(*c, server.context(), std::move(peer), std::move(local));
-    server.add(c);
-    if (const TlsContext* tls = server.tls_context()) {
-        c->tls_ = std::make_unique<TlsSession>(*tls);
-        if (c->tls_->failed()) {  // out of memory: nothing was said yet, just hang up
-            c->close_now();
-            return c;
+    http_ = std::make_unique<HttpConnection>(*this, server_.context(), std::move(peer),
+                                             std::move(local));
+    server_.add(this);
+    if (const TlsContext* tls = server_.tls_context()) {
+        tls_ = std::make_unique<TlsSession>(*tls);
+        if (tls_->failed()) {  // out of memory: nothing was said yet, just hang up
+            close_now();
+            return;
         }
     }
-    c->resume_reading();
-    return c;
+    resume_reading();
 }
 
 void TcpConnection::on_uv_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) noexcept {

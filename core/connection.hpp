@@ -27,6 +27,8 @@ class TcpConnection final : public Transport {
     // Accepts a pending connection from `listener`; returns nullptr (and logs nothing) if the
     // accept failed. The connection deletes itself after its close callback.
     static TcpConnection* accept(Server& server, uv_stream_t* listener, bool unix_socket);
+    // Takes over `fd`, a connection the server accepted itself; closes it if that fails.
+    static TcpConnection* adopt(Server& server, int fd, bool unix_socket);
 
     HttpConnection& http() { return *http_; }
 
@@ -51,6 +53,7 @@ class TcpConnection final : public Transport {
   private:
     TcpConnection(Server& server, bool unix_socket);
     ~TcpConnection() = default;
+    void start();  // accepted: addresses, the HTTP state machine, the registry, reading
     uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }
     uv_handle_t* handle() { return reinterpret_cast<uv_handle_t*>(&handle_); }
 

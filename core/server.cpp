@@ -5,22 +5,29 @@
 #include "core/http_connection.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace cppuvicorn::core {
 
 namespace {
 constexpr std::size_t kReadBufferSize = 65536;
-}
+}  // namespace
 
 struct Server::Listener {
     union {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
+        uv_poll_t poll;  // accepts_per_turn > 0: readiness only, accept4 is ours
     } handle{};
     Server* server = nullptr;
     bool unix_socket = false;
+    int fd = -1;                       // polled listeners: the socket, closed with the handle
+    std::size_t accepts_per_turn = 0;  // 0: libuv's uv_listen accepts every pending connection
+    bool pending = false;              // polled listeners: readable in the last turn
+    bool paused = false;               // polled listeners: out of descriptors, retried on sweep
     uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle); }
     uv_handle_t* as_handle() { return reinterpret_cast<uv_handle_t*>(&handle); }
 };
@@ -57,8 +64,7 @@ int Server::listen_tcp(const std::string& host, int port, int backlog, PeerAddre
     rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<sockaddr*>(&addr), flags);
     if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(),
-                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
+        uv_close(l->as_handle(), on_listener_closed);
         return rc;
     }
     if (bound != nullptr) {
@@ -91,8 +97,7 @@ int Server::listen_unix(const std::string& path, int backlog) {
     int rc = uv_pipe_bind(&l->handle.pipe, path.c_str());
     if (rc == 0) rc = uv_listen(l->stream(), backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(),
-                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
+        uv_close(l->as_handle(), on_listener_closed);
         return rc;
     }
     listeners_.push_back(l);
@@ -100,23 +105,40 @@ int Server::listen_unix(const std::string& path, int backlog) {
     return 0;
 }
 
-int Server::listen_fd(int fd, PeerAddress* bound) {
+int Server::listen_fd(int fd, PeerAddress* bound, std::size_t accepts_per_turn) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return -errno;
     auto* l = new Listener;
     l->server = this;
     l->unix_socket = ss.ss_family == AF_UNIX;
-    int rc = l->unix_socket ? uv_pipe_init(loop_, &l->handle.pipe, 0)
+    l->accepts_per_turn = accepts_per_turn;
+    int rc = 0;
+    if (accepts_per_turn > 0) {
+        // libuv's uv_listen accepts until EAGAIN on every wake-up; watch readiness instead
+        // and accept ourselves. Level-triggered: what is left waits for the next turn, or for
+        // another process sharing the socket.
+        rc = uv_poll_init(loop_, &l->handle.poll, fd);
+        if (rc != 0) {
+            delete l;
+            return rc;
+        }
+        l->as_handle()->data = l;
+        l->fd = fd;  // ours now: closed with the handle
+        if (::listen(fd, config_.backlog) != 0) rc = -errno;
+        if (rc == 0) rc = uv_poll_start(&l->handle.poll, UV_READABLE, on_uv_poll);
+    } else {
+        rc = l->unix_socket ? uv_pipe_init(loop_, &l->handle.pipe, 0)
                             : uv_tcp_init(loop_, &l->handle.tcp);
-    l->as_handle()->data = l;
-    if (rc == 0) {
-        rc = l->unix_socket ? uv_pipe_open(&l->handle.pipe, fd) : uv_tcp_open(&l->handle.tcp, fd);
+        l->as_handle()->data = l;
+        if (rc == 0) {
+            rc = l->unix_socket ? uv_pipe_open(&l->handle.pipe, fd)
+                                : uv_tcp_open(&l->handle.tcp, fd);
+        }
+        if (rc == 0) rc = uv_listen(l->stream(), config_.backlog, on_uv_connection);
     }
-    if (rc == 0) rc = uv_listen(l->stream(), config_.backlog, on_uv_connection);
     if (rc != 0) {
-        uv_close(l->as_handle(),
-                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
+        uv_close(l->as_handle(), on_listener_closed);
         return rc;
     }
     if (bound != nullptr && !l->unix_socket) {
@@ -139,8 +161,7 @@ int Server::listen_fd(int fd, PeerAddress* bound) {
 
 void Server::stop_listening() {
     for (Listener* l : listeners_) {
-        uv_close(l->as_handle(),
-                 [](uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); });
+        uv_close(l->as_handle(), on_listener_closed);
     }
     listeners_.clear();
     note_uv_work();
@@ -153,6 +174,43 @@ void Server::on_uv_connection(uv_stream_t* stream, int status) noexcept {
 
 void Server::accept(Listener& l) {
     TcpConnection::accept(*this, l.stream(), l.unix_socket);
+}
+
+void Server::on_uv_poll(uv_poll_t* handle, int status, int) noexcept {
+    // Noted here, accepted in accept_turn() once the requests read in this turn have started:
+    // a handler that blocks the loop then holds back its own connection, not one more taken
+    // in the same turn that other workers could have served.
+    auto* l = static_cast<Listener*>(handle->data);
+    if (status == 0) l->pending = true;
+}
+
+void Server::on_listener_closed(uv_handle_t* handle) noexcept {
+    auto* l = static_cast<Listener*>(handle->data);
+    if (l->fd >= 0) ::close(l->fd);  // a uv_poll_t never owns its descriptor
+    delete l;
+}
+
+void Server::accept_polled(Listener& l) {
+    l.pending = false;
+    for (std::size_t n = 0; n < l.accepts_per_turn;) {
+        int fd = ::accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) {
+                ++n;  // bounded all the same
+                continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                // Out of descriptors or memory: a level-triggered watch would spin. Pause it;
+                // sweep() retries a tick later, and the backlog (or another worker) holds the
+                // connections meanwhile.
+                uv_poll_stop(&l.handle.poll);
+                l.paused = true;
+            }
+            return;  // EAGAIN: another process took it, or nothing is left
+        }
+        TcpConnection::adopt(*this, fd, l.unix_socket);
+        ++n;
+    }
 }
 
 uv_buf_t Server::borrow_read_buffer() {
@@ -225,9 +283,31 @@ void Server::run_once() {
     uv_run(loop_, UV_RUN_NOWAIT);
     in_uv_run_ = false;
     run_deferred();
+    if (accept_requested_) return;
+    for (Listener* l : listeners_) {
+        if (l->pending) {
+            accept_requested_ = true;
+            hooks_.request_accept();
+            return;
+        }
+    }
+}
+
+void Server::accept_turn() {
+    accept_requested_ = false;
+    for (Listener* l : listeners_) {
+        if (l->pending) accept_polled(*l);
+    }
+    run_once();  // reads what the new connections sent
 }
 
 void Server::sweep() {
+    for (Listener* l : listeners_) {
+        if (l->paused && uv_poll_start(&l->handle.poll, UV_READABLE, on_uv_poll) == 0) {
+            l->paused = false;
+            note_uv_work();
+        }
+    }
     std::uint64_t now = uv_hrtime() / 1000000;
     // Copy: closing removes connections from the registry.
     std::vector<TcpConnection*> expired;

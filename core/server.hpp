@@ -29,6 +29,10 @@ class LoopHooks {
     // Something was queued outside uv_run (a write, a close, read start/stop, deferred work):
     // call Server::run_once() soon, at the latest at the end of this loop turn.
     virtual void request_run() noexcept = 0;
+    // A listener opened with accepts_per_turn > 0 has connections waiting: call
+    // Server::accept_turn() once the work this turn started (the tasks of the requests it
+    // read) has had its first go, not before.
+    virtual void request_accept() noexcept = 0;
 
   protected:
     ~LoopHooks() = default;
@@ -48,11 +52,18 @@ class Server {
     // Bind and listen. Return 0 or a negative libuv error code.
     int listen_tcp(const std::string& host, int port, int backlog, PeerAddress* bound);
     int listen_unix(const std::string& path, int backlog);
-    int listen_fd(int fd, PeerAddress* bound);
+    // `accepts_per_turn` > 0: take at most that many connections per loop turn (the listening
+    // socket is shared with other processes: a worker whose loop is about to block in a handler
+    // must not take the whole queue with it, as libuv's accept-until-EAGAIN would); 0: every
+    // pending connection, as libuv does.
+    int listen_fd(int fd, PeerAddress* bound, std::size_t accepts_per_turn = 0);
     void stop_listening();
 
     // Runs deferred work, one non-blocking libuv pass, and deferred work again.
     void run_once();
+    // Accepts what the polled listeners have waiting (see LoopHooks::request_accept), then
+    // run_once().
+    void accept_turn();
     // Closes connections whose idle deadline passed; call a few times a second.
     void sweep();
     // Graceful: idle connections close now, busy ones after their current response.
@@ -78,7 +89,10 @@ class Server {
   private:
     struct Listener;
     static void on_uv_connection(uv_stream_t* server, int status) noexcept;
+    static void on_uv_poll(uv_poll_t* handle, int status, int events) noexcept;
+    static void on_listener_closed(uv_handle_t* handle) noexcept;
     void accept(Listener& l);
+    void accept_polled(Listener& l);
     void run_deferred();
 
     uv_loop_t* loop_;
@@ -96,6 +110,7 @@ class Server {
     std::unique_ptr<char[]> read_buffer_;
     bool in_uv_run_ = false;
     bool run_requested_ = false;
+    bool accept_requested_ = false;
 };
 
 }  // namespace cppuvicorn::core

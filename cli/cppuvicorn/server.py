@@ -238,7 +238,12 @@ class Server:
         if sockets is not None:
             for sock in sockets:
                 sock.listen(config.backlog)
-                native.listen_fd(os.dup(sock.fileno()))  # libuv owns (and closes) its copy
+                # The core owns (and closes) its copy. Given sockets are shared with other
+                # processes (the supervisor's workers, gunicorn's): take one connection per
+                # loop turn, after the requests already read have started, so a worker whose
+                # handler blocks the loop leaves the queue to the others (uvloop's libuv
+                # accepts one per turn too).
+                native.listen_fd(os.dup(sock.fileno()), accepts_per_turn=1)
             self.servers = [_Listener(list(sockets))]
             return 0
 

@@ -3,6 +3,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstdio>
@@ -116,6 +117,9 @@ void close_worker_handles(Worker* w) {
 bool Supervisor::bind_socket() {
     if (opts_.fd >= 0) {
         listen_fd_ = opts_.fd;
+        // Workers get it as fd 3 only: a second inherited copy would keep the socket open
+        // after they stop listening.
+        fcntl(listen_fd_, F_SETFD, FD_CLOEXEC);
         sockaddr_storage ss{};
         socklen_t len = sizeof ss;
         getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
@@ -124,7 +128,7 @@ bool Supervisor::bind_socket() {
         return true;
     }
     if (!opts_.uds.empty()) {
-        listen_fd_ = socket(AF_UNIX, SOCK_STREAM, 0);
+        listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_un addr{};
         addr.sun_family = AF_UNIX;
         std::strncpy(addr.sun_path, opts_.uds.c_str(), sizeof addr.sun_path - 1);
@@ -140,7 +144,7 @@ bool Supervisor::bind_socket() {
         return true;
     }
     bool v6 = opts_.host.find(':') != std::string::npos;
-    listen_fd_ = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    listen_fd_ = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     sockaddr_storage ss{};
@@ -270,16 +274,20 @@ void Supervisor::terminate(Worker* w, const char* verb) {
 }
 
 std::size_t Supervisor::live_workers() const {
+    // The pool's size: a rolling restart's new worker is an extra until its old one goes.
     std::size_t n = 0;
     for (const auto& w : workers_) {
-        if (!w->exited && !w->retiring) ++n;
+        if (!w->exited && !w->retiring && w.get() != restart_new_) ++n;
     }
     return n;
 }
 
 void Supervisor::stop_all() {
     stopping_ = true;
+    // A rolling restart in progress ends here: its new worker (ready or not) stops with the rest.
     restart_queue_.clear();
+    restart_new_ = nullptr;
+    restart_old_ = nullptr;
     if (listen_fd_ >= 0 && opts_.fd < 0) {
         close(listen_fd_);  // the workers hold their own copies until they stop listening
         listen_fd_ = -1;
@@ -325,6 +333,13 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
         restart_queue_.clear();
         return;
     }
+    bool replaced = false;
+    if (!restart_queue_.empty()) {
+        // An old worker still waiting for its turn in a rolling restart died: if the restart's
+        // new worker is already coming up for it, that one takes its place.
+        replaced = restart_new_ != nullptr && restart_queue_.front() == w;
+        restart_queue_.remove(w);
+    }
     if (status == 3) {
         log_line("ERROR", "Child process [" + std::to_string(w->pid) +
                               "] failed to start, stopping the parent process.");
@@ -336,7 +351,7 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
                                        : " (exit code " + std::to_string(status) + ")";
     log_line(status == 0 && term_signal == 0 ? "INFO" : "WARNING",
              "Child process [" + std::to_string(w->pid) + "] died" + how);
-    spawn();
+    if (!replaced) spawn();
 }
 
 void Supervisor::maybe_finish() {
@@ -347,9 +362,14 @@ void Supervisor::maybe_finish() {
 }
 
 void Supervisor::start_rolling_restart() {
-    if (!restart_queue_.empty() || restart_new_ != nullptr || restart_old_ != nullptr) return;
+    // Every worker started before this signal is replaced, one at a time. During a restart
+    // that is still going on, that adds the workers it already brought up (and the one coming
+    // up now) behind the old ones still queued: they may run the code of the deploy before.
     for (auto& w : workers_) {
-        if (!w->exited && !w->stopping && !w->retiring) restart_queue_.push_back(w.get());
+        Worker* p = w.get();
+        if (p->exited || p->stopping || p->retiring) continue;
+        if (std::find(restart_queue_.begin(), restart_queue_.end(), p) == restart_queue_.end())
+            restart_queue_.push_back(p);
     }
     continue_rolling_restart();
 }
@@ -357,11 +377,12 @@ void Supervisor::start_rolling_restart() {
 void Supervisor::continue_rolling_restart() {
     if (stopping_) return;
     if (restart_new_ != nullptr && restart_new_->ready && restart_old_ == nullptr) {
-        // The new worker serves; retire the old one it replaces.
-        Worker* old = restart_queue_.front();
-        restart_queue_.pop_front();
+        // The new worker serves; retire the old one it replaces (if SIGTTOU or a crash did
+        // not take that one away meanwhile: then the new worker simply takes its place).
         restart_new_ = nullptr;
-        if (!old->exited) {
+        Worker* old = restart_queue_.empty() ? nullptr : restart_queue_.front();
+        if (old != nullptr) restart_queue_.pop_front();
+        if (old != nullptr && !old->exited && !old->retiring) {
             old->retiring = true;
             restart_old_ = old;
             terminate(old, "Terminated");
@@ -373,6 +394,10 @@ void Supervisor::continue_rolling_restart() {
         restart_queue_.pop_front();
     if (restart_queue_.empty()) return;
     restart_new_ = spawn();
+    if (restart_new_ == nullptr) {
+        restart_queue_.clear();  // could not start a process: keep the old workers
+        return;
+    }
     restart_deadline_ =
         now_ms() + static_cast<std::uint64_t>(std::max(opts_.healthcheck_timeout, 30.0) * 1000);
 }
@@ -420,14 +445,25 @@ void Supervisor::on_signal(int signum) {
                          "anymore.");
                 return;
             }
-            for (auto it = workers_.rbegin(); it != workers_.rend(); ++it) {
-                Worker* w = it->get();
-                if (!w->exited && !w->retiring && !w->stopping) {
-                    w->retiring = true;
-                    terminate(w, "Terminated");
+            // During a rolling restart, an old worker still waiting for its turn goes first (it
+            // was to go anyway); otherwise the newest. Never the restart's new worker.
+            Worker* victim = nullptr;
+            for (auto it = restart_queue_.rbegin(); it != restart_queue_.rend(); ++it) {
+                Worker* w = *it;
+                bool has_new = restart_new_ != nullptr && w == restart_queue_.front();
+                if (!w->exited && !w->retiring && !w->stopping && !has_new && w != restart_new_) {
+                    victim = w;
                     break;
                 }
             }
+            for (auto it = workers_.rbegin(); victim == nullptr && it != workers_.rend(); ++it) {
+                Worker* w = it->get();
+                if (!w->exited && !w->retiring && !w->stopping && w != restart_new_) victim = w;
+            }
+            if (victim == nullptr) return;
+            restart_queue_.remove(victim);
+            victim->retiring = true;
+            terminate(victim, "Terminated");
             return;
         }
         default:

@@ -245,21 +245,13 @@ def test_load_spreads_across_workers(cppuvicorn_servers):
     srv = spawn(cppuvicorn_servers, "--no-access-log")
     kids = children(srv.pid)
     total = 2000
-    # The workers share one listening socket (as Uvicorn's do): whichever wakes first accepts
-    # every pending connection, so one 2000-request sample in about ten lands outside 35-65 %.
-    # The issue's bound must hold in at least one of three consecutive samples; every sample
-    # is printed so the spread stays visible.
-    samples = []
-    for _ in range(3):
-        shares = _measure_spread(srv, total)
-        samples.append(sorted(shares.values()))
-        assert set(shares) == kids, (shares, kids)
-        if all(35 <= share <= 65 for share in shares.values()):
-            break
-    print(f"\nload spread samples (4 concurrent clients, {total} requests each): {samples}")
-    assert all(35 <= share <= 65 for share in samples[-1]), (
-        f"no sample within 35-65 %: {samples}; the workers share one listening socket, and the one "
-        f"that wakes first accepts every pending connection")
+    # The workers share one listening socket (as Uvicorn's do). Each takes one connection per
+    # loop turn, once the requests it already read have started, so neither runs away with
+    # the queue: one 2000-request sample must be within the bound.
+    shares = _measure_spread(srv, total)
+    print(f"\nload spread (4 concurrent clients, {total} requests): {sorted(shares.values())}")
+    assert set(shares) == kids, (shares, kids)
+    assert all(35 <= share <= 65 for share in shares.values()), shares
 
 
 # ----------------------------------------------------------------------------- dying workers
@@ -622,3 +614,93 @@ def test_ctrl_c_to_the_process_group(cppuvicorn_servers):
     for pid in kids:
         assert f"INFO:     Finished server process [{pid}]" in srv.log_lines("stderr")
     assert srv.log_lines("stderr")[-1] == f"INFO:     Stopping parent process [{srv.pid}]"
+
+
+# ----------------------------------------------------------------------------- signals during a rolling restart
+
+
+class ChildWatch:
+    """Polls the supervisor's children in a thread: every pid seen, and the most at once."""
+
+    def __init__(self, srv: ServerProcess):
+        self.srv = srv
+        self.seen: set[int] = set()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = children(self.srv.pid)
+            self.seen |= kids
+            self.peak = max(self.peak, len(kids))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> "ChildWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def test_sigttou_during_rolling_restart(cppuvicorn_servers):
+    """SIGTTOU while SIGHUP replaces 3 workers: an old worker still waiting for its turn is
+    the one retired, the restart goes on, and the pool ends at 2 new workers."""
+    srv = spawn(cppuvicorn_servers, "--no-access-log", workers=3)
+    old = children(srv.pid)
+    with ChildWatch(srv) as watch, Load(srv, threads=2) as load:
+        srv.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(children(srv.pid)) == 4, timeout=5)  # the first new worker is starting
+        srv.send_signal(signal.SIGTTOU)
+        new = wait_workers(srv, 2, timeout=20, exclude=old)
+        time.sleep(1.0)  # settled: nothing else starts or stops
+        assert children(srv.pid) == new
+    assert watch.peak <= 4, f"more than one extra worker at a time ({watch.peak})"
+    assert len(watch.seen - old) == 2, (sorted(watch.seen), sorted(old))  # no extra worker started
+    assert not load.failures(), load.failures()[:5]
+    assert count_lines(srv, r"died") == 0
+    assert count_lines(srv, r"^APP: shutdown \[\d+\]$") == 3  # every old worker drained
+    wait_serving(srv, new)
+    assert srv.alive()
+
+
+def test_sighup_during_rolling_restart(cppuvicorn_servers):
+    """A second SIGHUP while the first restart runs: every worker started before it, the ones
+    the first restart already brought up included, is replaced, one at a time."""
+    srv = spawn(cppuvicorn_servers, "--no-access-log")
+    old = children(srv.pid)
+    with ChildWatch(srv) as watch, Load(srv, threads=2) as load:
+        srv.send_signal(signal.SIGHUP)
+        # The first new worker is ready (its old one is being retired); the second is not up yet.
+        first = wait_until(lambda: (ready_pids(srv) & children(srv.pid)) - old, timeout=10)
+        assert first, srv.log_text()
+        before_second = children(srv.pid)
+        srv.send_signal(signal.SIGHUP)
+        final = wait_workers(srv, 2, timeout=30, exclude=old | before_second | first)
+        time.sleep(1.0)
+        assert children(srv.pid) == final
+    assert watch.peak <= 3, f"more than one extra worker at a time ({watch.peak})"
+    assert count_lines(srv, r"^INFO:     Received SIGHUP, restarting processes\.$") == 2
+    assert not load.failures(), load.failures()[:5]
+    assert count_lines(srv, r"died") == 0
+    wait_serving(srv, final)
+    assert srv.alive()
+
+
+def test_sigterm_during_rolling_restart(cppuvicorn_servers):
+    """SIGTERM while a rolling restart brings up a new worker: every worker, the new one
+    included, stops; none is left behind; exit code 0."""
+    srv = spawn(cppuvicorn_servers, "--no-access-log")
+    with ChildWatch(srv) as watch:
+        srv.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(children(srv.pid)) == 3, timeout=5)
+        srv.send_signal(signal.SIGTERM)
+        assert srv.wait_exit(15) == 0, srv.log_text()
+    assert watch.seen and len(watch.seen) >= 3, watch.seen
+    time.sleep(0.2)
+    assert not [pid for pid in watch.seen if pid_alive(pid)], srv.log_text()
+    lines = srv.log_lines("stderr")
+    assert count_lines(srv, r"died|not ready in time|aborting") == 0, srv.log_text()
+    assert lines[-1] == f"INFO:     Stopping parent process [{srv.pid}]"

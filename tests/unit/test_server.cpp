@@ -22,6 +22,7 @@
 #include <string_view>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -37,7 +38,13 @@ constexpr auto kSpinLimit = 5s;
 
 struct CountingHooks final : LoopHooks {
     int runs_requested = 0;
+    int accepts_requested = 0;
+    bool accept_due = false;
     void request_run() noexcept override { ++runs_requested; }
+    void request_accept() noexcept override {
+        ++accepts_requested;
+        accept_due = true;
+    }
 };
 
 ServerConfig test_config() {
@@ -73,13 +80,22 @@ struct LoopRig {
         CHECK(rc == 0);
     }
 
+    // One loop turn, as the bridge runs them: an accept turn when the server asked for one.
+    void turn() {
+        if (std::exchange(hooks.accept_due, false)) {
+            server->accept_turn();
+        } else {
+            server->run_once();
+        }
+    }
+
     // Runs the server until `done()` or the time limit; false on timeout.
     template <class Pred>
     bool spin_until(Pred done) {
         const auto deadline = std::chrono::steady_clock::now() + kSpinLimit;
         while (!done()) {
             if (std::chrono::steady_clock::now() > deadline) return false;
-            server->run_once();
+            turn();
         }
         return true;
     }
@@ -428,6 +444,25 @@ void shuttle(Client& socket, cppuvicorn::test::TlsClient& tls) {
 
 }  // namespace
 
+namespace {
+
+// A listening socket made outside the server, as a supervisor's workers inherit theirs.
+int shared_listener(int* port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    *port = ntohs(addr.sin_port);
+    return fd;
+}
+
+}  // namespace
+
 TEST_CASE("Server: TLS requests, keep-alive and a large response through TcpConnection",
           "[server][tls]") {
     LoopRig rig;
@@ -482,4 +517,50 @@ TEST_CASE("Server: plain HTTP on a TLS listener is closed and never reaches the 
     REQUIRE(rig.spin_until([&] { return rig.server->connection_count() == 0; }));
     REQUIRE(rig.app.events == Events{"tls_error handshake", "closed"});
     CHECK(rig.app.last_error_detail == "http request");
+}
+
+TEST_CASE("Server: a shared listener accepts one connection per accept turn, when asked",
+          "[server]") {
+    LoopRig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("hi"));
+    int port = 0;
+    int fd = shared_listener(&port);
+    PeerAddress bound;
+    REQUIRE(rig.server->listen_fd(fd, &bound, 1) == 0);
+    CHECK(bound.port == port);
+    Client a{port};
+    Client b{port};
+    Client c{port};
+    a.send(kGet1);
+    b.send(kGet1);
+    c.send(kGet1);
+
+    // A plain turn only notices the waiting connections and asks for an accept turn: the
+    // requests it read (none here) start first.
+    for (int i = 0; i < 3; ++i)
+        rig.server->run_once();
+    CHECK(rig.server->connection_count() == 0);
+    CHECK(rig.hooks.accepts_requested == 1);  // once, until the accept turn ran
+
+    // Each accept turn takes one connection and reads its request in the same turn.
+    rig.hooks.accept_due = false;
+    rig.server->accept_turn();
+    CHECK(rig.server->connection_count() == 1);
+    CHECK(rig.app.count("body_complete") == 1);
+    CHECK(rig.hooks.accepts_requested == 2);  // two more wait
+    rig.hooks.accept_due = false;
+    rig.server->accept_turn();
+    CHECK(rig.app.count("body_complete") == 2);
+
+    REQUIRE(rig.spin_until([&] {
+        for (Client* client : {&a, &b, &c})
+            client->pump();
+        return a.received == ok("hi") && b.received == ok("hi") && c.received == ok("hi");
+    }));
+
+    // stop_listening closes the socket the server was given.
+    rig.server->stop_listening();
+    rig.server->run_once();
+    Client late{port};
+    CHECK(late.connect_errno == ECONNREFUSED);
 }
