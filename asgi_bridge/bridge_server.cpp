@@ -2,6 +2,7 @@
 #include "asgi_bridge/bridge_server.hpp"
 
 #include "asgi_bridge/py_names.hpp"
+#include "core/metrics.hpp"
 
 #include <pybind11/pybind11.h>
 
@@ -293,6 +294,7 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     long limit = options_.limit_concurrency;
     if (limit > 0 && (server_.connection_count() >= static_cast<std::size_t>(limit) ||
                       tasks_ >= static_cast<std::size_t>(limit))) {
+        if (core::MetricsSlot* m = server_.config().metrics) m->add(core::kLimitRejections);
         log_error(n::warning, "Exceeded concurrency limit.");
         // Uvicorn answers this with an app that its proxy-headers middleware does not wrap:
         // its access line names the peer, not the forwarded client.

@@ -5,6 +5,7 @@
 #include "asgi_bridge/py_names.hpp"
 #include "asgi_bridge/scope.hpp"
 #include "asgi_bridge/websocket_cycle.hpp"
+#include "core/metrics.hpp"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -35,8 +36,13 @@ std::unique_ptr<BridgeServer> make_server(
     std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
     std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
     bool forwarded_allow_all, std::shared_ptr<TlsContext> tls, double timeout_request_head,
-    double timeout_body_read, std::uint64_t limit_request_body) {
+    double timeout_body_read, std::uint64_t limit_request_body, int metrics_fd,
+    std::size_t metrics_slot) {
     BridgeOptions opts;
+    if (metrics_fd >= 0) {
+        // Under the supervisor with --metrics-port: count into our slot of its shared region.
+        opts.core.metrics = cppuvicorn::core::attach_metrics_slot(metrics_fd, metrics_slot);
+    }
     if (forwarded_allow_ips) {
         opts.proxy_headers = true;
         opts.forwarded_allow_ips =
@@ -167,7 +173,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0",
              py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false,
              py::arg("tls") = nullptr, py::arg("timeout_request_head") = 10.0,
-             py::arg("timeout_body_read") = 30.0, py::arg("limit_request_body") = 0)
+             py::arg("timeout_body_read") = 30.0, py::arg("limit_request_body") = 0,
+             py::arg("metrics_fd") = -1, py::arg("metrics_slot") = 0)
         .def(
             "listen_tcp",
             [](BridgeServer& s, const std::string& host, int port, int backlog) {

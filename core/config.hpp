@@ -8,6 +8,8 @@
 
 namespace cppuvicorn::core {
 
+struct MetricsSlot;
+
 struct ServerConfig {
     double timeout_keep_alive = 5.0;  // seconds idle between requests (and before the first)
     // Seconds from the first byte of a request head to its end; <= 0: no limit. → 408 + close.
@@ -31,6 +33,8 @@ struct ServerConfig {
     double ws_ping_interval = 20.0;        // seconds between keepalive pings; <= 0: none
     double ws_ping_timeout = 20.0;         // seconds to wait for the pong; <= 0: no timeout
     bool ws_per_message_deflate = true;    // offer permessage-deflate (RFC 7692)
+    // This worker's counters in the supervisor's shared region (core/metrics.hpp); null: off.
+    MetricsSlot* metrics = nullptr;
 };
 
 }  // namespace cppuvicorn::core

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "core/connection.hpp"
 
+#include "core/metrics.hpp"
 #include "core/server.hpp"
 
 #include <unistd.h>
@@ -28,7 +29,7 @@ PeerAddress address_of(const sockaddr_storage& ss) {
 }  // namespace
 
 TcpConnection::TcpConnection(Server& server, bool unix_socket)
-    : server_(server), unix_socket_(unix_socket) {}
+    : server_(server), unix_socket_(unix_socket), metrics_(server.config().metrics) {}
 
 TcpConnection* TcpConnection::accept(Server& server, uv_stream_t* listener, bool unix_socket) {
     auto* c = new TcpConnection(server, unix_socket);
@@ -92,6 +93,7 @@ void TcpConnection::start() {
     http_ = std::make_unique<HttpConnection>(*this, server_.context(), std::move(peer),
                                              std::move(local));
     server_.add(this);
+    if (metrics_ != nullptr) metrics_->add(kConnectionsOpened);
     if (const TlsContext* tls = server_.tls_context()) {
         tls_ = std::make_unique<TlsSession>(*tls);
         if (tls_->failed()) {  // out of memory: nothing was said yet, just hang up
@@ -110,6 +112,8 @@ void TcpConnection::on_uv_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) noex
 void TcpConnection::on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
     auto* c = static_cast<TcpConnection*>(s->data);
     if (nread > 0) {
+        if (c->metrics_ != nullptr)
+            c->metrics_->add(kBytesReceived, static_cast<std::uint64_t>(nread));
         if (c->tls_ != nullptr) {
             c->read_tls(buf->base, static_cast<std::size_t>(nread), buf->len);
         } else {
@@ -174,6 +178,7 @@ void TcpConnection::flush() {
             close_now();
             return;
         }
+        if (metrics_ != nullptr) metrics_->add(kBytesSent, static_cast<std::uint64_t>(n));
         if (static_cast<std::size_t>(n) < pending.size()) {
             pending.erase(0, static_cast<std::size_t>(n));
             inflight_.swap(pending);
@@ -212,6 +217,7 @@ void TcpConnection::write_direct(std::string_view data) {
         return;
     }
     auto written = static_cast<std::size_t>(n);
+    if (metrics_ != nullptr) metrics_->add(kBytesSent, written);
     if (written < out_.size()) {
         out_.erase(0, written);
         out_.append(data);
@@ -223,6 +229,7 @@ void TcpConnection::write_direct(std::string_view data) {
 void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
     auto* c = static_cast<TcpConnection*>(req->data);
     c->writing_ = false;
+    if (status == 0 && c->metrics_ != nullptr) c->metrics_->add(kBytesSent, c->inflight_.size());
     if (c->inflight_.capacity() > kKeepInflightBytes) {
         std::string().swap(c->inflight_);  // a big partial write: do not keep its buffer
     } else {
@@ -312,6 +319,7 @@ void TcpConnection::on_uv_shutdown(uv_shutdown_t* req, int) noexcept {
 void TcpConnection::on_uv_close(uv_handle_t* h) noexcept {
     auto* c = static_cast<TcpConnection*>(h->data);
     c->server_.remove(c);
+    if (c->metrics_ != nullptr) c->metrics_->add(kConnectionsClosed);
     c->http_->on_closed();
     delete c;
 }

@@ -21,6 +21,7 @@
 namespace cppuvicorn::core {
 
 class Server;
+struct MetricsSlot;
 
 class TcpConnection final : public Transport {
   public:
@@ -85,6 +86,7 @@ class TcpConnection final : public Transport {
     bool reading_ = false;
     bool close_after_flush_ = false;
     bool closing_ = false;
+    MetricsSlot* metrics_;  // null: metrics off
 };
 
 }  // namespace cppuvicorn::core

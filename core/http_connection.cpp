@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "core/http_connection.hpp"
 
+#include "core/metrics.hpp"
+
+#include <chrono>
 #include <utility>
 
 namespace cppuvicorn::core {
@@ -14,6 +17,12 @@ constexpr std::size_t kDirectWriteMin = 16384;
 
 std::uint64_t to_ms(double seconds) {
     return seconds <= 0 ? 0 : static_cast<std::uint64_t>(seconds * 1000.0);
+}
+
+std::uint64_t steady_ns() {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count());
 }
 
 }  // namespace
@@ -120,6 +129,12 @@ void HttpConnection::on_head(const RequestHead& head) {
     response_complete_ = false;
     waiting_writable_ = false;
     deadline_ms_ = 0;
+    response_status_ = 0;
+    if (MetricsSlot* m = ctx_.config.metrics) {
+        m->add(kRequestsStarted);
+        request_start_ns_ = steady_ns();
+        metered_ = true;
+    }
     handler_ = ctx_.events.on_request(*this, head);
 }
 
@@ -142,6 +157,7 @@ void HttpConnection::on_eof() {
 void HttpConnection::on_closed() {
     closed_ = true;
     deadline_ms_ = 0;
+    if (metered_) meter_request_end();
     if (RequestHandler* h = std::exchange(handler_, nullptr)) {
         if (!response_complete_) h->on_disconnect();
         h->on_release();
@@ -200,6 +216,7 @@ void HttpConnection::on_drained() {
 }
 
 void HttpConnection::fail_request(int status, std::string_view detail) {
+    if (MetricsSlot* m = ctx_.config.metrics) m->add(kProtocolErrors);
     ctx_.events.on_protocol_error(*this, status, detail);
     if (!response_started_) write_canned_response(status);
     // response_complete_ is left alone: a handler whose response is unfinished (its body was
@@ -238,7 +255,18 @@ void HttpConnection::write_canned_response(int status) {
                           ctx_.config.default_headers, body);
 }
 
+void HttpConnection::meter_request_end() {
+    // The request is over (its response complete, or the connection lost): counted by the
+    // status its response started with, timed from its head.
+    metered_ = false;
+    MetricsSlot* m = ctx_.config.metrics;
+    m->add(kRequestsFinished);
+    if (response_status_ != 0)
+        m->observe_request(response_status_, steady_ns() - request_start_ns_);
+}
+
 void HttpConnection::finish_request() {
+    if (metered_) meter_request_end();
     RequestHandler* h = std::exchange(handler_, nullptr);
     message_complete_ = false;
     response_started_ = false;
@@ -298,6 +326,7 @@ WriteResult HttpConnection::start_response(int status, std::span<const Header> h
                                         request_, date, ctx_.config.default_headers, response_);
     if (header_error_ != HeaderError::kNone) return WriteResult::kInvalid;
     response_started_ = true;
+    response_status_ = status;
     keep_alive_ = keep_alive_ && response_.keep_alive;
     // As Uvicorn: no 100 after a final response; a body the client still sends is discarded.
     expect_continue_ = false;
@@ -370,6 +399,7 @@ void HttpConnection::respond_simple(int status, std::string_view body) {
                           ctx_.config.date_header ? ctx_.date.header_line() : "",
                           ctx_.config.default_headers, body);
     response_started_ = response_complete_ = true;
+    response_status_ = status;
     keep_alive_ = false;
     if (!in_process_) transport_.flush();
 }

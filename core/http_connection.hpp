@@ -96,6 +96,7 @@ class HttpConnection final : private ParserSink {
     void time_out(int status, std::string_view detail);
     void write_canned_response(int status);  // status line + reason (Uvicorn's text for 400)
     void update_read_state();
+    void meter_request_end();
 
     Transport& transport_;
     ConnectionContext& ctx_;
@@ -120,6 +121,9 @@ class HttpConnection final : private ParserSink {
     bool parser_paused_ = false;     // a request is outstanding; parsing waits
     bool keep_alive_ = true;         // the connection may carry another request
     bool closed_ = false;
+    bool metered_ = false;  // metrics on: this request's start was counted
+    int response_status_ = 0;
+    std::uint64_t request_start_ns_ = 0;
 };
 
 }  // namespace cppuvicorn::core

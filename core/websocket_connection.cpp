@@ -2,6 +2,7 @@
 #include "core/websocket_connection.hpp"
 
 #include "core/http_connection.hpp"
+#include "core/metrics.hpp"
 
 #include <fmt/format.h>
 
@@ -546,6 +547,10 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
     out.append("\r\n");
     std::string().swap(accept_key_);  // only needed for the 101
     state_ = State::kOpen;
+    if (MetricsSlot* m = ctx_.config.metrics) {
+        m->add(kWebSocketsOpened);
+        metered_ = true;
+    }
     std::uint64_t interval = seconds_to_ms(ctx_.config.ws_ping_interval);
     if (interval > 0) ping_due_ms_ = transport_.now_ms() + interval;
     update_reading();
@@ -1036,6 +1041,8 @@ void WebSocketConnection::shutdown() {
 }
 
 void WebSocketConnection::on_closed() {
+    if (metered_) ctx_.config.metrics->add(kWebSocketsClosed);
+    metered_ = false;
     state_ = State::kClosed;
     stop_keepalive();
     close_due_ms_ = 0;

@@ -137,6 +137,7 @@ class WebSocketConnection {
     bool message_compressed_ = false;
     bool paused_ = false;     // the application asked to stop reading
     bool connected_ = false;  // on_ws_connect was called
+    bool metered_ = false;    // metrics on: counted as an open session
     bool closed_reported_ = false;
     bool waiting_writable_ = false;
     bool in_frames_ = false;  // inside process_frames (no re-entry)

@@ -146,6 +146,8 @@ class Config:
         timeout_graceful_shutdown: int | None = None,
         timeout_drain: float | None = None,
         timeout_worker_healthcheck: int = 5,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         callback_notify: Callable[..., Awaitable[None]] | None = None,
         ssl_keyfile: str | os.PathLike[str] | None = None,
         ssl_certfile: str | os.PathLike[str] | None = None,
@@ -203,6 +205,8 @@ class Config:
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
         self.timeout_drain = timeout_drain
         self.timeout_worker_healthcheck = timeout_worker_healthcheck
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.callback_notify = callback_notify
         self.ssl_keyfile = ssl_keyfile
         self.ssl_certfile = ssl_certfile
@@ -250,6 +254,8 @@ class Config:
 
         if self.reload and self.workers > 1:
             logger.warning('"workers" flag is ignored when reloading is enabled.')
+        if self.reload and self.metrics_port is not None:
+            logger.warning('"metrics_port" flag is ignored when reloading is enabled.')
 
     def _resolve_reload_paths(
         self,

@@ -127,6 +127,21 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
     "Not valid with --reload.",
 )
 @option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="cppuvicorn: serve Prometheus metrics (all workers summed) at http://METRICS_HOST:PORT/metrics "
+    "from the supervisor process; with it the server runs under the supervisor even with one worker. "
+    "Off by default.",
+)
+@option(
+    "--metrics-host",
+    type=str,
+    default="127.0.0.1",
+    show_default=True,
+    help="cppuvicorn: the address the --metrics-port endpoint listens on.",
+)
+@option(
     "--loop",
     type=str,
     metavar=_metavar(LoopFactoryType),
@@ -427,6 +442,8 @@ def run(
     timeout_graceful_shutdown: int | None = None,
     timeout_drain: float | None = None,
     timeout_worker_healthcheck: int = 5,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     ssl_keyfile: str | os.PathLike[str] | None = None,
     ssl_certfile: str | os.PathLike[str] | None = None,
     ssl_keyfile_password: str | None = None,
@@ -495,6 +512,8 @@ def run(
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         timeout_drain=timeout_drain,
         timeout_worker_healthcheck=timeout_worker_healthcheck,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
         ssl_keyfile=ssl_keyfile,
         ssl_certfile=ssl_certfile,
         ssl_keyfile_password=ssl_keyfile_password,
@@ -515,10 +534,15 @@ def run(
         if not isinstance(app, str):
             logger.warning("You must pass the application as an import string to enable 'reload' or 'workers'.")
             sys.exit(STARTUP_FAILURE)
+    elif config.metrics_port is not None:
+        # The metrics endpoint is the supervisor's: one worker runs under it too.
+        if not isinstance(app, str):
+            logger.warning("You must pass the application as an import string to enable 'metrics_port'.")
+            sys.exit(STARTUP_FAILURE)
     else:
         config.load_app()
 
-    use_workers = config.workers > 1 and not config.should_reload
+    use_workers = (config.workers > 1 or config.metrics_port is not None) and not config.should_reload
 
     server = Server(config=config)
     try:

@@ -105,6 +105,9 @@ class Server:
         self._captured_signals: list[int] = []
         # Under the native supervisor: the heartbeat pipe (written from the event loop itself).
         self._heartbeat_fd = int(os.environ.get("CPPUVICORN_HEARTBEAT_FD", "-1"))
+        # ... and with --metrics-port, its shared memory region and our slot in it.
+        self._metrics_fd = int(os.environ.get("CPPUVICORN_METRICS_FD", "-1"))
+        self._metrics_slot = int(os.environ.get("CPPUVICORN_METRICS_SLOT", "0"))
 
     @functools.cached_property
     def limit_max_requests(self) -> int | None:
@@ -203,6 +206,8 @@ class Server:
             timeout_request_head=float(config.timeout_request_head or 0),
             timeout_body_read=float(config.timeout_body_read or 0),
             limit_request_body=config.limit_request_body or 0,
+            metrics_fd=self._metrics_fd,
+            metrics_slot=self._metrics_slot,
         )
         try:
             bound_port = self._listen(sockets)

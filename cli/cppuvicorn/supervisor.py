@@ -41,6 +41,8 @@ def supervisor_argv(config: Config) -> list[str]:
         argv += ["--uds", config.uds]
     else:
         argv += ["--host", config.host or "0.0.0.0", "--port", str(config.port)]
+    if config.metrics_port is not None:
+        argv += ["--metrics-port", str(config.metrics_port), "--metrics-host", config.metrics_host]
     return argv + ["--", sys.executable, "-m", "cppuvicorn._worker"]
 
 

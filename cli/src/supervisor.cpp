@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "cli/src/supervisor.hpp"
 
+#include "cli/src/metrics.hpp"
+
 #include <uv.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <utility>
 
 extern char** environ;
 
@@ -83,6 +86,7 @@ class Supervisor {
     Worker* restart_new_ = nullptr;
     Worker* restart_old_ = nullptr;
     std::uint64_t restart_deadline_ = 0;
+    std::unique_ptr<SupervisorMetrics> metrics_;  // --metrics-port
 };
 
 struct Worker {
@@ -98,6 +102,7 @@ struct Worker {
     int open_handles = 0;
     std::uint64_t last_beat = 0;
     std::uint64_t kill_at = 0;  // SIGKILL deadline, 0 = none
+    int metrics_slot = -1;      // its slot in the metrics region
     char buf[256];
 };
 
@@ -189,19 +194,25 @@ Worker* Supervisor::spawn() {
     std::vector<std::string> env_store;
     for (char** e = environ; *e != nullptr; ++e) {
         if (std::strncmp(*e, "CPPUVICORN_LISTEN_FD=", 21) == 0 ||
-            std::strncmp(*e, "CPPUVICORN_HEARTBEAT_FD=", 24) == 0) {
+            std::strncmp(*e, "CPPUVICORN_HEARTBEAT_FD=", 24) == 0 ||
+            std::strncmp(*e, "CPPUVICORN_METRICS_", 19) == 0) {
             continue;
         }
         env_store.emplace_back(*e);
     }
     env_store.emplace_back("CPPUVICORN_LISTEN_FD=3");
     env_store.emplace_back("CPPUVICORN_HEARTBEAT_FD=4");
+    if (metrics_) w->metrics_slot = metrics_->region().acquire_slot();
+    if (w->metrics_slot >= 0) {
+        env_store.emplace_back("CPPUVICORN_METRICS_FD=5");
+        env_store.emplace_back("CPPUVICORN_METRICS_SLOT=" + std::to_string(w->metrics_slot));
+    }
     std::vector<char*> env;
     for (auto& e : env_store)
         env.push_back(e.data());
     env.push_back(nullptr);
 
-    uv_stdio_container_t stdio[5];
+    uv_stdio_container_t stdio[6];
     stdio[0].flags = UV_INHERIT_FD;
     stdio[0].data.fd = 0;
     stdio[1].flags = UV_INHERIT_FD;
@@ -212,13 +223,15 @@ Worker* Supervisor::spawn() {
     stdio[3].data.fd = listen_fd_;
     stdio[4].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
     stdio[4].data.stream = reinterpret_cast<uv_stream_t*>(&w->beat);
+    stdio[5].flags = UV_INHERIT_FD;
+    stdio[5].data.fd = w->metrics_slot >= 0 ? metrics_->region().fd() : -1;
 
     uv_process_options_t po{};
     po.file = args[0];
     po.args = args.data();
     po.env = env.data();
     po.stdio = stdio;
-    po.stdio_count = 5;
+    po.stdio_count = w->metrics_slot >= 0 ? 6 : 5;
     po.exit_cb = [](uv_process_t* p, int64_t status, int sig) noexcept {
         auto* worker = static_cast<Worker*>(p->data);
         worker->sup->on_exit(worker, status, sig);
@@ -227,6 +240,7 @@ Worker* Supervisor::spawn() {
     int rc = uv_spawn(&loop_, &w->proc, &po);
     if (rc != 0) {
         log_line("ERROR", std::string("Could not start a worker: ") + uv_strerror(rc));
+        if (metrics_) metrics_->region().release_slot(w->metrics_slot);
         w->exited = true;
         close_worker_handles(w.get());
         workers_.push_back(std::move(w));
@@ -305,6 +319,7 @@ void Supervisor::force_all() {
 
 void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
     w->exited = true;
+    if (metrics_) metrics_->region().release_slot(std::exchange(w->metrics_slot, -1));
     close_worker_handles(w);
     if (w == restart_old_) {
         restart_old_ = nullptr;
@@ -351,7 +366,10 @@ void Supervisor::on_exit(Worker* w, int64_t status, int term_signal) {
                                        : " (exit code " + std::to_string(status) + ")";
     log_line(status == 0 && term_signal == 0 ? "INFO" : "WARNING",
              "Child process [" + std::to_string(w->pid) + "] died" + how);
-    if (!replaced) spawn();
+    if (!replaced) {
+        if (metrics_) metrics_->note_restart();
+        spawn();
+    }
 }
 
 void Supervisor::maybe_finish() {
@@ -398,6 +416,7 @@ void Supervisor::continue_rolling_restart() {
         restart_queue_.clear();  // could not start a process: keep the old workers
         return;
     }
+    if (metrics_) metrics_->note_restart();
     restart_deadline_ =
         now_ms() + static_cast<std::uint64_t>(std::max(opts_.healthcheck_timeout, 30.0) * 1000);
 }
@@ -507,6 +526,7 @@ void Supervisor::on_check() {
                                   fmt_seconds(opts_.healthcheck_timeout) +
                                   "; its Python stack follows. Killing it.");
             kill(w->pid, SIGUSR1);
+            if (metrics_) metrics_->note_blocked_kill();
             w->stopping = true;
             w->blocked = true;
             w->kill_at = now + 500;  // time for faulthandler to write the stack
@@ -530,6 +550,19 @@ int Supervisor::run() {
     uv_loop_init(&loop_);
     if (!bind_socket()) return 3;
     log_line("INFO", "Started parent process [" + std::to_string(getpid()) + "]");
+    if (opts_.metrics_port >= 0) {
+        metrics_ = std::make_unique<SupervisorMetrics>(&loop_, [this] { return live_workers(); });
+        std::string error = metrics_->start(opts_.metrics_host, opts_.metrics_port);
+        if (!error.empty()) {
+            log_line("ERROR", error);
+            return 3;
+        }
+        std::string host = opts_.metrics_host.find(':') != std::string::npos
+                               ? "[" + opts_.metrics_host + "]"
+                               : opts_.metrics_host;
+        log_line("INFO", "Prometheus metrics on http://" + host + ":" +
+                             std::to_string(metrics_->bound_port()) + "/metrics");
+    }
     const int sigs[5] = {SIGINT, SIGTERM, SIGHUP, SIGTTIN, SIGTTOU};
     for (int i = 0; i < 5; ++i) {
         uv_signal_init(&loop_, &signals_[i]);
@@ -554,6 +587,7 @@ int Supervisor::run() {
     for (auto& s : signals_)
         uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&check_timer_), nullptr);
+    if (metrics_) metrics_->close();
     for (auto& w : workers_)
         close_worker_handles(w.get());
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -602,6 +636,10 @@ std::string parse_supervisor_args(const std::vector<std::string>& args, Supervis
                 o.drain = std::stod(v);
             } else if (a == "--scheme") {
                 o.scheme = v;
+            } else if (a == "--metrics-port") {
+                o.metrics_port = std::stoi(v);
+            } else if (a == "--metrics-host") {
+                o.metrics_host = v;
             } else if (a == "--log-info") {
                 o.log_info = v == "1";
             } else {

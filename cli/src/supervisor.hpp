@@ -22,7 +22,9 @@ struct SupervisorOptions {
     double graceful_timeout = -1.0;    // seconds after SIGTERM before SIGKILL (<0: wait)
     double drain = 0.0;                // seconds to keep serving after SIGTERM
     std::string scheme = "http";
-    bool log_info = true;                  // --log-level info or lower
+    bool log_info = true;   // --log-level info or lower
+    int metrics_port = -1;  // serve Prometheus metrics here (<0: off)
+    std::string metrics_host = "127.0.0.1";
     std::vector<std::string> worker_argv;  // the command that starts one worker
 };
 
