@@ -497,6 +497,12 @@ def cmd_cppuvicorn(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list[str]:
             "--port", str(port), "--no-access-log", "--log-level", "warning"]
 
 
+def cmd_cppuvicorn_metrics(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list[str]:
+    # The cost of --metrics-port: the same single worker, under the supervisor that serves
+    # the endpoint (any free port), counting every request into shared memory.
+    return cmd_cppuvicorn(ctx, sc, port, tmp) + ["--metrics-port", "0"]
+
+
 def cmd_uvicorn(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list[str]:
     return [ctx.python, "-m", "uvicorn", f"{sc.module}:app", "--host", HOST,
             "--port", str(port), "--http", "httptools", "--loop", "uvloop",
@@ -567,6 +573,9 @@ SERVERS: dict[str, Server] = {
         Server("cppuvicorn", cmd_cppuvicorn,
                "python -m cppuvicorn APP --host 127.0.0.1 --port P --no-access-log "
                "--log-level warning"),
+        Server("cppuvicorn-metrics", cmd_cppuvicorn_metrics,
+               "python -m cppuvicorn APP --host 127.0.0.1 --port P --no-access-log "
+               "--log-level warning --metrics-port 0"),
         Server("uvicorn", cmd_uvicorn,
                "python -m uvicorn APP --host 127.0.0.1 --port P --http httptools "
                "--loop uvloop --no-access-log --log-level warning"),
@@ -582,7 +591,7 @@ SERVERS: dict[str, Server] = {
     ]
 }
 
-PY_MODULE = {"cppuvicorn": "cppuvicorn", "uvicorn": "uvicorn", "granian": "granian",
+PY_MODULE = {"cppuvicorn": "cppuvicorn", "cppuvicorn-metrics": "cppuvicorn", "uvicorn": "uvicorn", "granian": "granian",
              "hypercorn": "hypercorn"}
 
 
@@ -1084,8 +1093,8 @@ def make_charts(rows: list[dict], meta: dict, base: Path) -> list[str]:
     if not scen:
         return []
     servers = meta["servers"]
-    colors = {s: c for s, c in zip(["cppuvicorn", "uvicorn", "granian", "hypercorn", "nginx"],
-                                    ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"])}
+    colors = {s: c for s, c in zip(["cppuvicorn", "uvicorn", "granian", "hypercorn", "nginx", "cppuvicorn-metrics"],
+                                    ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e"])}
     for metric, label, fname, fmt, what in (
         ("rps", "requests/s (median, whiskers min–max)", "rps", fmt_rate, "Requests/s"),
         ("p99_ms", "p99 latency ms (median, whiskers min–max)", "p99", fmt_ms,
