@@ -321,3 +321,19 @@ def test_metrics_port_in_use_fails_startup(cppuvicorn_servers):
     assert any(re.match(rf"^ERROR:    could not listen on 127\.0\.0\.1:{port} for metrics: ", line)
                for line in srv.log_lines("stderr")), srv.log_text()
     assert not [line for line in srv.log_lines("stderr") if "Started server process" in line]  # no worker
+
+
+def test_env_var_and_rolling_restart(cppuvicorn_servers):
+    # CPPUVICORN_METRICS_PORT, as every option's CPPUVICORN_<NAME>.
+    srv = cppuvicorn_servers.spawn(APP, "--workers", "2", "--no-access-log", env={"CPPUVICORN_METRICS_PORT": "0"})
+    mport = int(srv.wait_for_line(METRICS_LINE, stream="stderr").group(1))
+    kids = wait_workers(srv, 2)
+    for _ in range(3):
+        assert request(srv.port, "/ok")[0] == 200
+    srv.send_signal(signal.SIGHUP)  # both workers replaced, one at a time
+    wait_workers(srv, 2, exclude=kids, timeout=20)
+    m = scrape(mport)
+    assert m["cppuvicorn_worker_restarts_total"] == 2
+    assert m["cppuvicorn_worker_blocked_kills_total"] == 0
+    assert requests_by_class(m)["2xx"] == 3
+    assert_consistent(m)
