@@ -78,9 +78,7 @@ struct ListParser {
     std::size_t pos = 0;
     std::string error;
 
-    int peek() const {
-        return pos < header.size() ? static_cast<unsigned char>(header[pos]) : -1;
-    }
+    int peek() const { return pos < header.size() ? static_cast<unsigned char>(header[pos]) : -1; }
     void ows() {
         while (pos < header.size() && (header[pos] == ' ' || header[pos] == '\t'))
             ++pos;
@@ -186,8 +184,8 @@ std::vector<T> parse_header_lists(const RequestHead& head, std::string_view name
 }
 
 std::vector<std::string_view> parse_token_lists(const RequestHead& head, std::string_view name,
-                                                std::string_view display_name,
-                                                std::string& error, bool protocols = false) {
+                                                std::string_view display_name, std::string& error,
+                                                bool protocols = false) {
     return parse_header_lists<std::string_view>(
         head, name, display_name,
         [protocols](ListParser& p, std::string_view& item) {
@@ -401,9 +399,9 @@ namespace {
 // websockets' InvalidUpgrade answer: 426 with the browser hint and "Upgrade: websocket".
 WsHandshake reject_upgrade(WsHandshake& r, std::string_view name,
                            const std::vector<std::string_view>& tokens) {
-    std::string what = tokens.empty() ? fmt::format("missing {} header", name)
-                                      : fmt::format("invalid {} header: {}", name,
-                                                    latin1_to_utf8(join(tokens)));
+    std::string what =
+        tokens.empty() ? fmt::format("missing {} header", name)
+                       : fmt::format("invalid {} header: {}", name, latin1_to_utf8(join(tokens)));
     r.status = 426;
     r.body = fmt::format("{}{}.\n{}", kFailed, what, kBrowserHint);
     r.extra_header = "Upgrade: websocket\r\n";

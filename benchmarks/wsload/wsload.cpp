@@ -20,8 +20,6 @@
 #include <openssl/evp.h>
 #include <uv.h>
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -31,6 +29,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <vector>
 
 namespace {
@@ -51,7 +50,7 @@ struct Options {
     bool idle = false;
     int idle_messages = 1;
     int serve_port = 0;
-    int max_connecting = 128;  // concurrent connection attempts (listen backlogs are finite)
+    int max_connecting = 128;     // concurrent connection attempts (listen backlogs are finite)
     double connect_timeout = 60;  // every handshake must be done by then
 };
 
@@ -228,8 +227,9 @@ struct Histogram {
     std::uint64_t max_us = 0;
 
     void add(std::uint64_t us) {
-        std::size_t i = us < 10000 ? us : std::min<std::uint64_t>(10000 + (us - 10000) / 100,
-                                                                  buckets.size() - 1);
+        std::size_t i =
+            us < 10000 ? us
+                       : std::min<std::uint64_t>(10000 + (us - 10000) / 100, buckets.size() - 1);
         ++buckets[i];
         ++count;
         max_us = std::max(max_us, us);
@@ -327,7 +327,7 @@ struct Conn {
     uv_tcp_t tcp;
     uv_connect_t connect_req;
     std::string key;
-    std::string in;            // bytes not parsed yet
+    std::string in;                     // bytes not parsed yet
     std::deque<std::uint64_t> sent_ns;  // send times of the messages in flight
     std::uint64_t echoed = 0;
     bool handshake_done = false;
@@ -539,10 +539,11 @@ void on_connect(uv_connect_t* req, int status) {
     uv_tcp_nodelay(&c->tcp, 1);
     static std::uint32_t rng = 0x12345678u ^ static_cast<std::uint32_t>(uv_hrtime());
     c->key = random_key(rng);
-    std::string request = std::string("GET ") + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" +
-              std::to_string(opt.port) +
-              "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + c->key +
-              "\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    std::string request =
+        std::string("GET ") + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" +
+        std::to_string(opt.port) +
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + c->key +
+        "\r\nSec-WebSocket-Version: 13\r\n\r\n";
     write_owned(reinterpret_cast<uv_stream_t*>(&c->tcp), std::move(request));
     uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
 }
@@ -601,8 +602,7 @@ void on_timer(uv_timer_t*) {
         // The harness starts its CPU accounting window at this line.
         std::printf("{\"event\": \"measure_start\"}\n");
         std::fflush(stdout);
-        uv_timer_start(&client.timer, on_timer, static_cast<std::uint64_t>(opt.duration * 1000),
-                       0);
+        uv_timer_start(&client.timer, on_timer, static_cast<std::uint64_t>(opt.duration * 1000), 0);
     } else if (client.phase == Phase::kMeasure) {
         client.measure_end_ns = uv_hrtime();
         client.cpu_end = cpu_seconds();
@@ -672,18 +672,16 @@ int run_client() {
         "\"msgs_per_s\": %.1f, \"bytes_per_s\": %.1f, \"mismatches\": %llu, "
         "\"lat_p50_us\": %llu, \"lat_p99_us\": %llu, \"lat_max_us\": %llu, "
         "\"client_cpu\": %.4f, \"first_error\": \"%s\"}\n",
-        opt.conns, opt.size, opt.pipeline, opt.text ? "true" : "false", client.open,
-        client.failed, client.lost, window,
-        static_cast<unsigned long long>(client.stats.messages), rate,
+        opt.conns, opt.size, opt.pipeline, opt.text ? "true" : "false", client.open, client.failed,
+        client.lost, window, static_cast<unsigned long long>(client.stats.messages), rate,
         window > 0 ? client.stats.bytes / window : 0.0,
         static_cast<unsigned long long>(client.stats.mismatches),
         static_cast<unsigned long long>(client.stats.latency.percentile(0.50)),
         static_cast<unsigned long long>(client.stats.latency.percentile(0.99)),
         static_cast<unsigned long long>(client.stats.latency.max_us), cpu,
         json_escape(client.first_error).c_str());
-    return (client.failed > 0 || client.lost > 0 || client.stats.mismatches > 0 || window == 0)
-               ? 1
-               : 0;
+    return (client.failed > 0 || client.lost > 0 || client.stats.mismatches > 0 || window == 0) ? 1
+                                                                                                : 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,9 +734,10 @@ void on_server_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
         key.erase(key.find_last_not_of(" \t") + 1);
         s->in.erase(0, end + 4);
         s->upgraded = true;
-        server_write(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        "Connection: Upgrade\r\nSec-WebSocket-Accept: " +
-                            accept_for(key) + "\r\n\r\n");
+        server_write(s,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: " +
+                         accept_for(key) + "\r\n\r\n");
     }
     // NOTE(perf): parse straight from the read buffer when nothing is left over, and unmask
     // eight bytes at a time, so the anchor costs about what a lean native server would.
@@ -819,7 +818,8 @@ int run_server() {
     std::fprintf(stderr, "wsload: echo server on %s:%d\n", opt.host, opt.serve_port);
     uv_signal_t sigterm;
     uv_signal_init(loop, &sigterm);
-    uv_signal_start(&sigterm, [](uv_signal_t*, int) { uv_stop(loop); }, SIGTERM);
+    uv_signal_start(
+        &sigterm, [](uv_signal_t*, int) { uv_stop(loop); }, SIGTERM);
     uv_run(loop, UV_RUN_DEFAULT);
     return 0;
 }
