@@ -283,8 +283,13 @@ int HttpParser::handle_chunk_extension_name_complete() {
 bool HttpParser::scan_head(std::string_view data) {
     const char* p = data.data();
     const char* end = p + data.size();
+    // Every CR must be followed by an LF: llhttp 8.1 ends a head at CR + any byte.
+    if (p < end && scan_last_ == '\r' && *p != '\n') return false;
     while (p < end) {
         const auto* lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
+        // A CR may only be the byte before this LF (or, with no LF yet, the buffer's last).
+        const char* cr_end = (lf != nullptr ? lf : end) - 1;
+        if (cr_end > p && std::memchr(p, '\r', cr_end - p) != nullptr) return false;
         if (lf == nullptr) {
             scan_line_ += end - p;
             scan_last_ = end[-1];
@@ -339,10 +344,13 @@ ParseResult HttpParser::execute(std::string_view data) {
     llhttp_errno_t err = HPE_OK;
     for (;;) {
         std::string_view rest = data.substr(done);
+        // The scan runs ahead of llhttp; if llhttp then takes none of these bytes (paused after
+        // an upgrade), the caller feeds them again: the scan must see them afresh.
+        const ScanState before_scan{scan_line_, scan_last_, scan_head_, scan_started_};
         if (scan_head_ && !scan_head(rest)) {
             r.kind = ParseResult::Kind::kError;
             r.status = 400;
-            r.detail = "bare LF in the request head";
+            r.detail = kBareCrLf;
             r.consumed = done;
             failure_ = r;
             failure_.consumed = 0;
@@ -352,6 +360,12 @@ ParseResult HttpParser::execute(std::string_view data) {
         err = llhttp_execute(&parser_, rest.data(), rest.size());
         const char* pos = err == HPE_OK ? nullptr : llhttp_get_error_pos(&parser_);
         std::size_t consumed = pos ? static_cast<std::size_t>(pos - rest.data()) : rest.size();
+        if (consumed == 0 && (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)) {
+            scan_line_ = before_scan.line;
+            scan_last_ = before_scan.last;
+            scan_head_ = before_scan.head;
+            scan_started_ = before_scan.started;
+        }
         remember_tail(rest.substr(0, consumed));
         done += consumed;
         if (err != HPE_PAUSED || !auto_resume_) break;

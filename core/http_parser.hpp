@@ -30,6 +30,11 @@ class ParserSink {
     ~ParserSink() = default;
 };
 
+// ParseResult::detail when a CR or LF in a request head is not part of a CRLF. The check runs
+// over each buffer before llhttp does, so on input with several defects which one is reported
+// may depend on how the input was split (the status, 400, does not).
+inline constexpr std::string_view kBareCrLf = "bare CR or LF in the request head";
+
 struct ParseResult {
     enum class Kind : std::uint8_t { kNeedMore, kPaused, kError };
     Kind kind = Kind::kNeedMore;
@@ -108,6 +113,12 @@ class HttpParser {
     // scan_head(): llhttp 8.1 takes a bare LF as the end of the request line and of the header
     // section; RFC 9112 §2.2 lets a server reject it, and a proxy in front may not agree on
     // where such a line ends. Every LF in a head must follow a CR.
+    struct ScanState {
+        std::size_t line;
+        char last;
+        bool head;
+        bool started;
+    };
     std::size_t scan_line_ = 0;     // bytes of the current head line seen so far
     char scan_last_ = '\n';         // the last byte scanned (across execute() calls)
     bool scan_head_ = true;         // the next bytes belong to a request head

@@ -208,10 +208,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // head over both the size and the count limit: 431 either way, with either reason).
     FUZZ_CHECK(whole.events == split.events);
     FUZZ_CHECK((whole.status == 0) == (split.status == 0));
+    // Likewise the CR/LF scan runs over a whole buffer before llhttp: a bare CR or LF late in
+    // one buffer wins over an earlier defect llhttp would report (same status, 400).
     auto limit = [](int status) { return status == 414 || status == 431; };
     if (!limit(whole.status) && !limit(split.status)) {
         FUZZ_CHECK(whole.status == split.status);
-        FUZZ_CHECK(whole.detail == split.detail);
+        if (whole.detail != cppuvicorn::core::kBareCrLf &&
+            split.detail != cppuvicorn::core::kBareCrLf)
+            FUZZ_CHECK(whole.detail == split.detail);
     }
     return 0;
 }

@@ -230,6 +230,36 @@ TEST_CASE("HttpParser: a bare LF anywhere in a request head is a 400, in any spl
     }
 }
 
+TEST_CASE("HttpParser: a bare CR anywhere in a request head is a 400, in any split",
+          "[http_parser]") {
+    // llhttp 8.1 ends the header section at CR + any byte ("\r\n\r\0" was a complete head):
+    // found by fuzz_http_connection (regress-bare-cr-ends-head), where a split input reported a
+    // head that the whole input did not.
+    const std::string next = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    const std::string heads[] = {
+        std::string("POST /up HTTP/1.1\r\nHost: i\r\nX: y\r\n\r\0\0\0d", 39),
+        "GET / HTTP/1.1\r\nHost: a\r\n\rX",
+        "GET / HTTP/1.1\rHost: a\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
+        "GET / HTTP/1.1\r\nHo\rst: a\r\n\r\n",
+    };
+    for (const std::string& head : heads) {
+        for (std::size_t split = 1; split < head.size(); ++split) {
+            CAPTURE(head, split);
+            ServerConfig config;
+            CountingSink sink;
+            HttpParser parser(sink, config);
+            const std::string input = head + next;
+            ParseResult r = parser.execute(std::string_view(input).substr(0, split));
+            if (r.kind == ParseResult::Kind::kNeedMore)
+                r = parser.execute(std::string_view(input).substr(split));
+            CHECK(r.kind == ParseResult::Kind::kError);
+            CHECK(r.status == 400);
+            CHECK(sink.heads == 0);
+        }
+    }
+}
+
 TEST_CASE("HttpParser: bodies are not scanned for bare LFs; CRLFs before a request are skipped",
           "[http_parser]") {
     ServerConfig config;
