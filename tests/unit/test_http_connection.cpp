@@ -605,10 +605,9 @@ TEST_CASE("HttpConnection: a trickled request head is cut off by the head timeou
 TEST_CASE("HttpConnection: silence in the middle of a request head is the keep-alive timeout",
           "[http_connection][timeout]") {
     TimeoutRig rig;
-    SECTION("with a head timeout too") {}
-    SECTION("with the head timeout off") {
-        rig.config.timeout_request_head = 0;
-    }
+    const bool head_timeout = GENERATE(true, false);  // with a head timeout too, or off
+    CAPTURE(head_timeout);
+    if (!head_timeout) rig.config.timeout_request_head = 0;
     rig.at(1000);
     rig.wire.deliver("GET /x HTTP/1.1\r\nHo");
     REQUIRE(rig.conn.deadline_ms() == rig.t0 + 6000);
