@@ -34,6 +34,13 @@ void append_sample(std::string& out, const char* name, std::string_view labels,
     out.append(name).append(labels).append(" ").append(std::to_string(value)).append("\n");
 }
 
+// A metric with one unlabelled sample: its HELP and TYPE lines, then the sample.
+void append_single(std::string& out, const char* name, const char* type, const char* help,
+                   std::uint64_t value) {
+    append_metric(out, name, type, help);
+    append_sample(out, name, "", value);
+}
+
 std::uint64_t gauge(const MetricsSnapshot& s, std::size_t opened, std::size_t closed) {
     // The closed counter of a live worker never passes its opened one; a scrape can still see
     // the two a moment apart.
@@ -60,9 +67,8 @@ std::string render_prometheus(const MetricsSnapshot& s) {
         append_sample(out, "cppuvicorn_http_requests_total", labels,
                       v[kRequests1xx + static_cast<std::size_t>(cls - 1)]);
     }
-    append_metric(out, "cppuvicorn_http_requests_in_flight", "gauge",
-                  "HTTP requests read and not yet finished.");
-    append_sample(out, "cppuvicorn_http_requests_in_flight", "",
+    append_single(out, "cppuvicorn_http_requests_in_flight", "gauge",
+                  "HTTP requests read and not yet finished.",
                   gauge(s, kRequestsStarted, kRequestsFinished));
 
     const char* hist = "cppuvicorn_http_request_duration_seconds";
@@ -82,36 +88,29 @@ std::string render_prometheus(const MetricsSnapshot& s) {
     out.append("\n");
     append_sample(out, "cppuvicorn_http_request_duration_seconds_count", "", cumulative);
 
-    append_metric(out, "cppuvicorn_connections_open", "gauge", "Open client connections.");
-    append_sample(out, "cppuvicorn_connections_open", "",
+    append_single(out, "cppuvicorn_connections_open", "gauge", "Open client connections.",
                   gauge(s, kConnectionsOpened, kConnectionsClosed));
-    append_metric(out, "cppuvicorn_connections_total", "counter", "Client connections accepted.");
-    append_sample(out, "cppuvicorn_connections_total", "", v[kConnectionsOpened]);
-    append_metric(out, "cppuvicorn_websockets_open", "gauge", "Open WebSocket sessions.");
-    append_sample(out, "cppuvicorn_websockets_open", "",
+    append_single(out, "cppuvicorn_connections_total", "counter", "Client connections accepted.",
+                  v[kConnectionsOpened]);
+    append_single(out, "cppuvicorn_websockets_open", "gauge", "Open WebSocket sessions.",
                   gauge(s, kWebSocketsOpened, kWebSocketsClosed));
-    append_metric(out, "cppuvicorn_websockets_total", "counter", "WebSocket sessions accepted.");
-    append_sample(out, "cppuvicorn_websockets_total", "", v[kWebSocketsOpened]);
-    append_metric(out, "cppuvicorn_received_bytes_total", "counter",
-                  "Bytes read from client connections.");
-    append_sample(out, "cppuvicorn_received_bytes_total", "", v[kBytesReceived]);
-    append_metric(out, "cppuvicorn_sent_bytes_total", "counter",
-                  "Bytes written to client connections.");
-    append_sample(out, "cppuvicorn_sent_bytes_total", "", v[kBytesSent]);
-    append_metric(out, "cppuvicorn_concurrency_limit_rejections_total", "counter",
-                  "503 responses sent because of --limit-concurrency.");
-    append_sample(out, "cppuvicorn_concurrency_limit_rejections_total", "", v[kLimitRejections]);
-    append_metric(out, "cppuvicorn_http_protocol_errors_total", "counter",
-                  "Invalid requests answered by the server itself (400, 413, 414, 431, ...).");
-    append_sample(out, "cppuvicorn_http_protocol_errors_total", "", v[kProtocolErrors]);
-    append_metric(out, "cppuvicorn_worker_restarts_total", "counter",
-                  "Workers started to replace one that died, was killed or was restarted.");
-    append_sample(out, "cppuvicorn_worker_restarts_total", "", s.worker_restarts);
-    append_metric(out, "cppuvicorn_worker_blocked_kills_total", "counter",
-                  "Workers killed because their event loop was blocked.");
-    append_sample(out, "cppuvicorn_worker_blocked_kills_total", "", s.blocked_kills);
-    append_metric(out, "cppuvicorn_workers", "gauge", "Worker processes running.");
-    append_sample(out, "cppuvicorn_workers", "", s.workers);
+    append_single(out, "cppuvicorn_websockets_total", "counter", "WebSocket sessions accepted.",
+                  v[kWebSocketsOpened]);
+    append_single(out, "cppuvicorn_received_bytes_total", "counter",
+                  "Bytes read from client connections.", v[kBytesReceived]);
+    append_single(out, "cppuvicorn_sent_bytes_total", "counter",
+                  "Bytes written to client connections.", v[kBytesSent]);
+    append_single(out, "cppuvicorn_concurrency_limit_rejections_total", "counter",
+                  "503 responses sent because of --limit-concurrency.", v[kLimitRejections]);
+    append_single(out, "cppuvicorn_http_protocol_errors_total", "counter",
+                  "Invalid requests answered by the server itself (400, 413, 414, 431, ...).",
+                  v[kProtocolErrors]);
+    append_single(out, "cppuvicorn_worker_restarts_total", "counter",
+                  "Workers started to replace one that died, was killed or was restarted.",
+                  s.worker_restarts);
+    append_single(out, "cppuvicorn_worker_blocked_kills_total", "counter",
+                  "Workers killed because their event loop was blocked.", s.blocked_kills);
+    append_single(out, "cppuvicorn_workers", "gauge", "Worker processes running.", s.workers);
     return out;
 }
 
