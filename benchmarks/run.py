@@ -503,6 +503,13 @@ def cmd_cppuvicorn_metrics(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list
     return cmd_cppuvicorn(ctx, sc, port, tmp) + ["--metrics-port", "0"]
 
 
+def cmd_cppuvicorn_counters(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list[str]:
+    # The counters alone, without the supervisor: the same single process as `cppuvicorn`,
+    # with a metrics region attached by benchmarks/with_metrics_region.py.
+    return [ctx.python, str(Path(__file__).resolve().parent / "with_metrics_region.py"), "--",
+            *cmd_cppuvicorn(ctx, sc, port, tmp)]
+
+
 def cmd_uvicorn(ctx: Ctx, sc: Scenario, port: int, tmp: Path) -> list[str]:
     return [ctx.python, "-m", "uvicorn", f"{sc.module}:app", "--host", HOST,
             "--port", str(port), "--http", "httptools", "--loop", "uvloop",
@@ -576,6 +583,9 @@ SERVERS: dict[str, Server] = {
         Server("cppuvicorn-metrics", cmd_cppuvicorn_metrics,
                "python -m cppuvicorn APP --host 127.0.0.1 --port P --no-access-log "
                "--log-level warning --metrics-port 0"),
+        Server("cppuvicorn-counters", cmd_cppuvicorn_counters,
+               "python benchmarks/with_metrics_region.py -- python -m cppuvicorn APP --host "
+               "127.0.0.1 --port P --no-access-log --log-level warning"),
         Server("uvicorn", cmd_uvicorn,
                "python -m uvicorn APP --host 127.0.0.1 --port P --http httptools "
                "--loop uvloop --no-access-log --log-level warning"),
@@ -591,7 +601,8 @@ SERVERS: dict[str, Server] = {
     ]
 }
 
-PY_MODULE = {"cppuvicorn": "cppuvicorn", "cppuvicorn-metrics": "cppuvicorn", "uvicorn": "uvicorn", "granian": "granian",
+PY_MODULE = {"cppuvicorn": "cppuvicorn", "cppuvicorn-metrics": "cppuvicorn",
+             "cppuvicorn-counters": "cppuvicorn", "uvicorn": "uvicorn", "granian": "granian",
              "hypercorn": "hypercorn"}
 
 
