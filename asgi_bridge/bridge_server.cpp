@@ -92,6 +92,7 @@ BridgeServer::~BridgeServer() {
                         run_cb_,
                         tick_cb_,
                         accept_cb_,
+                        release_cb_,
                         tick_handle_,
                         stashed_type_,
                         stashed_value_,
@@ -103,7 +104,9 @@ BridgeServer::~BridgeServer() {
     }
 }
 
-void BridgeServer::set_callbacks(PyObject* run_cb, PyObject* tick_cb, PyObject* accept_cb) {
+void BridgeServer::set_callbacks(PyObject* run_cb, PyObject* tick_cb, PyObject* accept_cb,
+                                 PyObject* release_cb) {
+    Py_XSETREF(release_cb_, Py_NewRef(release_cb));
     Py_XSETREF(run_cb_, Py_NewRef(run_cb));
     Py_XSETREF(tick_cb_, Py_NewRef(tick_cb));
     Py_XSETREF(accept_cb_, Py_NewRef(accept_cb));
@@ -140,6 +143,20 @@ void BridgeServer::request_accept() noexcept {
     PyObject* r = PyObject_CallOneArg(loop_call_soon_, accept_cb_);
     if (r == nullptr) report_python_error("scheduling an accept");
     Py_XDECREF(r);
+}
+
+void BridgeServer::request_release() noexcept {
+    // Not deduplicated: each release must come after the first steps queued before it.
+    if (closed_ || release_cb_ == nullptr) return;
+    PyObject* r = PyObject_CallOneArg(loop_call_soon_, release_cb_);
+    if (r == nullptr) report_python_error("scheduling a flush");
+    Py_XDECREF(r);
+}
+
+void BridgeServer::release_from_loop() {
+    if (closed_) return;
+    server_.release_held();
+    after_run();
 }
 
 void BridgeServer::accept_from_loop() {

@@ -69,6 +69,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void run_from_loop();
     void tick_from_loop();
     void accept_from_loop();
+    void release_from_loop();
 
     // ---- for HttpCycle ----
     PyObject* create_future();  // new reference or nullptr
@@ -93,6 +94,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // ---- core::LoopHooks ----
     void request_run() noexcept override;
     void request_accept() noexcept override;
+    void request_release() noexcept override;
 
     // ---- WebSocket sessions (defined in websocket_cycle.cpp) ----
     core::WebSocketHandler* on_websocket(core::HttpConnection& conn,
@@ -105,7 +107,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void on_ws_task_finished(WsCycle* c);
     PyObject* error_logger() const { return error_log_; }
 
-    void set_callbacks(PyObject* run_cb, PyObject* tick_cb, PyObject* accept_cb);
+    void set_callbacks(PyObject* run_cb, PyObject* tick_cb, PyObject* accept_cb,
+                       PyObject* release_cb);
     // False once this server is destroyed; held by the loop callbacks.
     std::shared_ptr<bool> alive_token() const { return alive_; }
 
@@ -136,6 +139,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* run_cb_ = nullptr;
     PyObject* tick_cb_ = nullptr;
     PyObject* accept_cb_ = nullptr;
+    PyObject* release_cb_ = nullptr;
     PyObject* tick_handle_ = nullptr;
     PyObject* stashed_type_ = nullptr;  // KeyboardInterrupt/SystemExit raised in a callback
     PyObject* stashed_value_ = nullptr;

@@ -99,7 +99,10 @@ std::unique_ptr<BridgeServer> make_server(
     py::cpp_function accept_cb([raw, alive]() {
         if (*alive) raw->accept_from_loop();
     });
-    raw->set_callbacks(run_cb.ptr(), tick_cb.ptr(), accept_cb.ptr());
+    py::cpp_function release_cb([raw, alive]() {
+        if (*alive) raw->release_from_loop();
+    });
+    raw->set_callbacks(run_cb.ptr(), tick_cb.ptr(), accept_cb.ptr(), release_cb.ptr());
     return server;
 }
 

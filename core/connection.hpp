@@ -50,6 +50,7 @@ class TcpConnection final : public Transport {
     std::size_t registry_index = 0;
     bool in_flush_list = false;
     bool in_resume_list = false;
+    std::uint64_t hold_ticket = 0;  // Server::run_deferred: corked output held until this release
 
   private:
     TcpConnection(Server& server, bool unix_socket);

@@ -101,7 +101,15 @@ void HttpConnection::process(std::string_view data) {
     }
     in_process_ = false;
     if (closed_) return;
-    if (!transport_.out().empty()) transport_.flush();
+    if (!transport_.out().empty()) {
+        // With a request still being answered, leave the write to the end of the turn:
+        // Server::run_deferred may hold it back to join that request's response (pipelining).
+        if (awaiting_response()) {
+            transport_.schedule_flush();
+        } else {
+            transport_.flush();
+        }
+    }
     // `data` is what the last execute() consumed: without a request in flight, the start (or
     // more) of the next request head.
     arm_deadline(!data.empty());

@@ -74,6 +74,10 @@ class HttpConnection final : private ParserSink {
 
     bool response_started() const { return response_started_; }
     bool closed() const { return closed_; }
+    // A request is being served and its response is not complete yet.
+    bool awaiting_response() const {
+        return handler_ != nullptr && !response_complete_ && !closed_ && ws_ == nullptr;
+    }
     bool idle() const { return handler_ == nullptr && !parser_.in_message() && ws_ == nullptr; }
     // The WebSocket session, once the connection upgraded (set before on_websocket is called).
     WebSocketConnection* websocket() { return ws_.get(); }

@@ -258,6 +258,7 @@ void Server::note_uv_work() {
 
 void Server::run_deferred() {
     // Pipelined requests first: their responses may join the flushes below.
+    bool holding = false;
     while (!resume_list_.empty()) {
         std::vector<TcpConnection*> batch;
         batch.swap(resume_list_);
@@ -265,15 +266,38 @@ void Server::run_deferred() {
             if (c == nullptr) continue;
             c->in_resume_list = false;
             c->http().process_pending();
+            // A pipelined request is now in flight and its handler has not had its first
+            // step yet (an asyncio Task's first step is queued with call_soon): hold back
+            // what this connection has corked, the responses before it, until a release
+            // queued after that step, so a pipeline's responses leave in one write instead
+            // of one each. A handler that does not answer at once delays them by one step.
+            if (c->http().awaiting_response()) {
+                c->hold_ticket = releases_requested_ + 1;
+                holding = true;
+            }
         }
+    }
+    if (holding) {
+        ++releases_requested_;
+        hooks_.request_release();
     }
     std::vector<TcpConnection*> batch;
     batch.swap(flush_list_);
     for (TcpConnection* c : batch) {
         if (c == nullptr) continue;
+        if (c->hold_ticket > releases_done_ && c->http().awaiting_response() &&
+            c->out().size() < config_.write_high_water) {
+            flush_list_.push_back(c);  // still in_flush_list: flushed at its release
+            continue;
+        }
         c->in_flush_list = false;
         c->flush();
     }
+}
+
+void Server::release_held() {
+    ++releases_done_;
+    run_once();
 }
 
 void Server::run_once() {

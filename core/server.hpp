@@ -33,6 +33,10 @@ class LoopHooks {
     // Server::accept_turn() once the work this turn started (the tasks of the requests it
     // read) has had its first go, not before.
     virtual void request_accept() noexcept = 0;
+    // Output was held back for pipelined requests whose handlers were just started: call
+    // Server::release_held() once for each call, after everything the loop has queued so far
+    // (their first steps), in the order of the calls (asyncio's call_soon is FIFO).
+    virtual void request_release() noexcept = 0;
 
   protected:
     ~LoopHooks() = default;
@@ -61,6 +65,8 @@ class Server {
 
     // Runs deferred work, one non-blocking libuv pass, and deferred work again.
     void run_once();
+    // The answer to one LoopHooks::request_release(): flushes what was held back for it.
+    void release_held();
     // Accepts what the polled listeners have waiting (see LoopHooks::request_accept), then
     // run_once().
     void accept_turn();
@@ -109,6 +115,8 @@ class Server {
     std::vector<TcpConnection*> resume_list_;
     std::unique_ptr<char[]> read_buffer_;
     bool in_uv_run_ = false;
+    std::uint64_t releases_requested_ = 0;  // LoopHooks::request_release() calls so far
+    std::uint64_t releases_done_ = 0;       // release_held() calls so far
     bool run_requested_ = false;
     bool accept_requested_ = false;
 };

@@ -40,7 +40,9 @@ struct CountingHooks final : LoopHooks {
     int runs_requested = 0;
     int accepts_requested = 0;
     bool accept_due = false;
+    int releases_requested = 0;
     void request_run() noexcept override { ++runs_requested; }
+    void request_release() noexcept override { ++releases_requested; }
     void request_accept() noexcept override {
         ++accepts_requested;
         accept_due = true;
@@ -212,6 +214,59 @@ TEST_CASE("Server: pipelined requests are resumed by the server's deferred work"
         return client.received.size() >= ok("one").size() + ok("two").size();
     }));
     REQUIRE(client.received == ok("one") + ok("two"));
+}
+
+TEST_CASE("Server: a pipelined response is held until the next request's handler has run once",
+          "[server]") {
+    LoopRig rig;
+    Client client{rig.bound.port};
+    client.send(kGet1 + kGet2 + "GET /3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 1; }));
+
+    // Answering /1 resumes the pipeline: /2 starts, and "one" waits for /2's first step.
+    const int releases_before = rig.hooks.releases_requested;
+    REQUIRE(rig.app.respond(Response::text("one")) == WriteResult::kOk);
+    REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 2; }));
+    CHECK(rig.hooks.releases_requested == releases_before + 1);
+    for (int i = 0; i < 20; ++i) {
+        rig.turn();
+        client.pump();
+    }
+    CHECK(client.received.empty());
+
+    SECTION("the handler answers in its first step: both responses in one write") {
+        REQUIRE(rig.app.respond(Response::text("two")) == WriteResult::kOk);
+        REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 3; }));
+        rig.server->release_held();  // the release queued when /2 started
+        for (int i = 0; i < 20; ++i) {
+            rig.turn();
+            client.pump();
+        }
+        // /3 is in flight now: "one" and "two" wait for the release queued when it started.
+        CHECK(client.received.empty());
+        rig.server->release_held();
+        REQUIRE(rig.spin_until([&] {
+            client.pump();
+            return client.received.size() >= ok("one").size() + ok("two").size();
+        }));
+        CHECK(client.received == ok("one") + ok("two"));
+    }
+    SECTION("the handler does not answer at once: the release sends what was held") {
+        rig.server->release_held();
+        REQUIRE(rig.spin_until([&] {
+            client.pump();
+            return client.received.size() >= ok("one").size();
+        }));
+        CHECK(client.received == ok("one"));
+        REQUIRE(rig.app.respond(Response::text("two")) == WriteResult::kOk);
+        REQUIRE(rig.spin_until([&] { return rig.app.count("body_complete") == 3; }));
+    }
+    REQUIRE(rig.app.respond(Response::text("three")) == WriteResult::kOk);
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.received.size() >= ok("one").size() + ok("two").size() + ok("three").size();
+    }));
+    CHECK(client.received == ok("one") + ok("two") + ok("three"));
 }
 
 TEST_CASE("Server: a malformed request gets a 400 and the socket is closed", "[server]") {
