@@ -455,6 +455,9 @@ SCENARIOS: dict[str, Scenario] = {
     for s in [
         Scenario("hello", "hello", "report.lua", check_hello,
                  "raw ASGI hello world (GET, 13-byte body)", nginx=True),
+        Scenario("hello_pipe16", "hello", "pipeline16.lua", check_hello,
+                 "raw ASGI hello world, 16 requests pipelined per round trip (latency per batch)",
+                 nginx=True),
         Scenario("fastapi_json", "fastapi_json", "report.lua", check_fastapi_json,
                  "FastAPI GET returning a small JSON dict"),
         Scenario("echo_64k", "echo", "post_64k.lua", check_echo,
@@ -597,7 +600,7 @@ SERVERS: dict[str, Server] = {
         Server("nginx", cmd_nginx,
                "nginx -p TMP -c TMP/nginx.conf -e TMP/error.log  # daemon off, 1 worker, "
                "return 200 \"Hello, world!\", keepalive_requests 1e9, access_log off",
-               scenarios={"hello"}),
+               scenarios={"hello", "hello_pipe16"}),
     ]
 }
 
@@ -1238,7 +1241,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default="cppuvicorn,uvicorn,granian,nginx",
                    help="comma list from: " + ",".join(SERVERS) +
-                   " (nginx runs the hello scenario only; default: %(default)s)")
+                   " (nginx runs the hello scenarios only; default: %(default)s)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma list (default: %(default)s)")
     p.add_argument("--connections", default="64,256", help="comma list (default: %(default)s)")
