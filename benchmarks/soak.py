@@ -409,8 +409,12 @@ def main(argv=None) -> int:
                    f"{total_requests:,} requests, {wrk_failed} failed"))
     checks.append(("fds back to the baseline after the load", fds_after_load is not None and fds_after_load <= fd_baseline,
                    f"baseline {fd_baseline}, {fds_after_load} after {settle_s:.1f} s"))
-    if warm_point is not None:
-        limit = args.rss_limit_mib * 1024
+    limit = args.rss_limit_mib * 1024
+    if warm_point is not None and points["end of load"]["rss_kib"] is None:
+        # The server was gone by the end of the load (see "server alive"): no RSS to compare.
+        checks.append((f"RSS growth after the warm-up ≤ {args.rss_limit_mib:g} MiB (load)", False,
+                       "no RSS at the end of the load: the server was gone"))
+    elif warm_point is not None:
         grow_load = points["end of load"]["rss_kib"] - warm_point["rss_kib"]
         checks.append((f"RSS growth after the warm-up ≤ {args.rss_limit_mib:g} MiB (load)", grow_load <= limit,
                        f"{grow_load / 1024:+.2f} MiB ({mib(warm_point['rss_kib'])} → {mib(points['end of load']['rss_kib'])})"))
@@ -419,7 +423,7 @@ def main(argv=None) -> int:
                        f"{oc['connections']:,} connections, {oc['failed']} failed"))
         checks.append(("fds back to the baseline after open/close", fds_after_oc is not None and fds_after_oc <= fd_baseline,
                        f"baseline {fd_baseline}, {fds_after_oc} after {settle_oc:.1f} s"))
-        if warm_point is not None:
+        if warm_point is not None and points["open/close + settle"]["rss_kib"] is not None:
             grow_oc = points["open/close + settle"]["rss_kib"] - warm_point["rss_kib"]
             checks.append((f"RSS growth after the warm-up ≤ {args.rss_limit_mib:g} MiB (open/close)", grow_oc <= limit,
                            f"{grow_oc / 1024:+.2f} MiB"))
