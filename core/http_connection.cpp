@@ -282,6 +282,7 @@ void HttpConnection::finish_request() {
     waiting_writable_ = false;
     if (body_paused_) body_paused_ = false;
     if (h != nullptr) h->on_release();
+    parser_.park_buffers();  // the head's views died with the handler: idle, hold no buffers
     if (!keep_alive_) {
         transport_.close(false);
         closed_ = true;

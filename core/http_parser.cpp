@@ -97,9 +97,64 @@ HttpParser::HttpParser(ParserSink& sink, const ServerConfig& config)
     : sink_(sink), config_(config) {
     llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
     parser_.data = this;
-    head_buf_.reserve(1024);
-    raw_headers_.reserve(16);
-    head_.headers.reserve(16);
+}
+
+struct HttpParser::BufferSet {
+    std::string head;
+    std::vector<RawHeader> raw;
+    std::vector<Header> headers;
+};
+
+namespace {
+// Sets kept for reuse per thread (a few KiB each), and the largest head buffer worth keeping:
+// one grown by a huge request head is freed instead.
+constexpr std::size_t kPooledSetsMax = 256;
+constexpr std::size_t kPooledHeadMax = 16 * 1024;
+constexpr std::size_t kPooledHeadersMax = 128;
+}  // namespace
+
+std::vector<HttpParser::BufferSet>& HttpParser::buffer_pool() {
+    thread_local std::vector<BufferSet> pool;
+    return pool;
+}
+
+void HttpParser::take_buffers() {
+    has_buffers_ = true;
+    auto& pool = buffer_pool();
+    if (pool.empty()) {
+        head_buf_.reserve(1024);
+        raw_headers_.reserve(16);
+        head_.headers.reserve(16);
+        return;
+    }
+    BufferSet& set = pool.back();
+    head_buf_.swap(set.head);
+    raw_headers_.swap(set.raw);
+    head_.headers.swap(set.headers);
+    pool.pop_back();
+}
+
+void HttpParser::park_buffers() {
+    if (!has_buffers_ || in_message_) return;
+    has_buffers_ = false;
+    head_.method = {};
+    head_.target = {};
+    head_buf_.clear();
+    raw_headers_.clear();
+    head_.headers.clear();
+    auto& pool = buffer_pool();
+    if (pool.size() < kPooledSetsMax && head_buf_.capacity() <= kPooledHeadMax &&
+        raw_headers_.capacity() <= kPooledHeadersMax &&
+        head_.headers.capacity() <= kPooledHeadersMax) {
+        BufferSet& set = pool.emplace_back();
+        set.head.swap(head_buf_);
+        set.raw.swap(raw_headers_);
+        set.headers.swap(head_.headers);
+    } else {
+        std::string().swap(head_buf_);
+        std::vector<RawHeader>().swap(raw_headers_);
+        std::vector<Header>().swap(head_.headers);
+    }
 }
 
 int HttpParser::fail(const char* reason) {
@@ -113,6 +168,7 @@ bool HttpParser::grow_head(std::size_t len) {
 }
 
 int HttpParser::handle_message_begin() {
+    if (!has_buffers_) take_buffers();
     in_message_ = true;
     head_done_ = false;
     in_value_ = false;
@@ -324,6 +380,7 @@ void HttpParser::remember_tail(std::string_view done) {
 }
 
 void HttpParser::release_buffers() {
+    has_buffers_ = false;
     std::string().swap(head_buf_);
     std::vector<RawHeader>().swap(raw_headers_);
     std::vector<Header>().swap(head_.headers);

@@ -62,6 +62,11 @@ class HttpParser {
     // behind (a WebSocket session): they would otherwise stay as large as its upgrade request.
     void release_buffers();
 
+    // Between requests (not inside a message, the last head's handler released): gives the
+    // head buffers back to a per-thread pool, so an idle keep-alive connection holds none;
+    // the next message takes a set from the pool again (no allocation when one is there).
+    void park_buffers();
+
     // True between the first byte of a message and its end.
     bool in_message() const { return in_message_; }
     // True while inside the head of a message (for the head timeout).
@@ -97,6 +102,10 @@ class HttpParser {
         Span value;
     };
 
+    struct BufferSet;
+    static std::vector<BufferSet>& buffer_pool();
+    void take_buffers();
+
     llhttp_t parser_{};
     ParserSink& sink_;
     const ServerConfig& config_;
@@ -110,6 +119,7 @@ class HttpParser {
     // How the bytes executed so far end: for spotting an obs-fold across execute() calls.
     enum class Tail : std::uint8_t { kOther, kLf, kLfSpace } tail_ = Tail::kOther;
     std::uint64_t body_bytes_ = 0;  // of the current message, for max_body_size
+    bool has_buffers_ = false;      // head_buf_ and the header vectors are ours (see park_buffers)
     // scan_head(): llhttp 8.1 takes a bare LF as the end of the request line and of the header
     // section; RFC 9112 §2.2 lets a server reject it, and a proxy in front may not agree on
     // where such a line ends. Every LF in a head must follow a CR.

@@ -323,3 +323,32 @@ TEST_CASE("HttpParser: in_head and in_message follow the request", "[http_parser
     CHECK_FALSE(parser.in_message());
     CHECK_FALSE(parser.in_head());
 }
+
+TEST_CASE("HttpParser: head buffers parked between requests are reused by any parser", "[parser]") {
+    // An idle keep-alive connection parks its head buffers in a per-thread pool; the next
+    // message (on this connection or another) takes a set back. Heads must come out whole
+    // whichever set a parser gets, including one grown by a large head before.
+    ServerConfig config;
+    TraceSink sink_a, sink_b;
+    HttpParser a{sink_a, config}, b{sink_b, config};
+    auto parse = [](HttpParser& p, std::string input) {
+        ParseResult r = p.execute(input);
+        REQUIRE(r.kind == ParseResult::Kind::kPaused);
+        REQUIRE(r.consumed == input.size());
+        std::fill(input.begin(), input.end(), '#');
+        p.resume();
+    };
+    const std::string big(12000, 'v');
+    parse(a, "GET /big HTTP/1.1\r\nHost: a\r\nX-Big: " + big + "\r\n\r\n");
+    a.park_buffers();
+    a.park_buffers();  // twice: harmless
+    parse(b, "POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi");
+    b.park_buffers();
+    parse(a, "GET /a2 HTTP/1.1\r\nHost: a2\r\n\r\n");
+    parse(b, "GET /b2 HTTP/1.1\r\nHost: b2\r\nX-One: 1\r\n\r\n");
+    CHECK(sink_a.trace == Trace{"head GET /big HTTP/1.1 keep-alive\n  host: a\n  x-big: " + big,
+                                "end", "head GET /a2 HTTP/1.1 keep-alive\n  host: a2", "end"});
+    CHECK(sink_b.trace ==
+          Trace{"head POST /b HTTP/1.1 keep-alive body\n  host: b\n  content-length: 2", "body hi",
+                "end", "head GET /b2 HTTP/1.1 keep-alive\n  host: b2\n  x-one: 1", "end"});
+}
