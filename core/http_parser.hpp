@@ -58,10 +58,6 @@ class HttpParser {
     // Continue after kPaused: the next execute() starts a new message.
     void resume() { llhttp_resume(&parser_); }
 
-    // Frees the head buffers (the last head's views die). For a connection that left HTTP
-    // behind (a WebSocket session): they would otherwise stay as large as its upgrade request.
-    void release_buffers();
-
     // True between the first byte of a message and its end.
     bool in_message() const { return in_message_; }
     // True while inside the head of a message (for the head timeout).
