@@ -97,6 +97,8 @@ BridgeServer::~BridgeServer() {
                         stashed_type_,
                         stashed_value_,
                         stashed_tb_,
+                        server_tuple_,
+                        client_host_,
                         run_asgi_ws_,
                         ws_asgi_template_,
                         ws_scheme_}) {
@@ -242,13 +244,8 @@ ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
     d->conn = &conn;
     const core::PeerAddress& peer = conn.peer();
     const core::PeerAddress& local = conn.local();
-    if (peer.unix_socket) {
-        d->client = Py_NewRef(Py_None);
-        d->server = Py_BuildValue("(sO)", local.host.c_str(), Py_None);
-    } else {
-        d->client = Py_BuildValue("(si)", peer.host.c_str(), peer.port);
-        d->server = Py_BuildValue("(si)", local.host.c_str(), local.port);
-    }
+    d->client = peer.unix_socket ? Py_NewRef(Py_None) : client_tuple(peer);
+    d->server = server_tuple(local);
     if (const core::TlsSession* tls = conn.tls(); tls != nullptr && server_cert_ != nullptr) {
         // Once per connection: every request (and a WebSocket session) on it shares the dict.
         d->tls = build_tls_extension(*tls, server_cert_);
@@ -259,6 +256,40 @@ ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
                        options_.forwarded_allow_ips.contains(peer.unix_socket ? "" : peer.host);
     conn.user_data = d;
     return *d;
+}
+
+PyObject* BridgeServer::server_tuple(const core::PeerAddress& local) {
+    // Every connection of a listener has the same local address: one tuple for them all (a
+    // tuple of a str and an int is immutable, so the sharing is invisible to the application;
+    // with many idle WebSockets it is 140 bytes each).
+    if (server_tuple_ == nullptr || local.host != server_tuple_host_ ||
+        local.port != server_tuple_port_ || local.unix_socket != server_tuple_unix_) {
+        PyObject* t = local.unix_socket ? Py_BuildValue("(sO)", local.host.c_str(), Py_None)
+                                        : Py_BuildValue("(si)", local.host.c_str(), local.port);
+        if (t == nullptr) return nullptr;
+        Py_XSETREF(server_tuple_, t);
+        server_tuple_host_ = local.host;
+        server_tuple_port_ = local.port;
+        server_tuple_unix_ = local.unix_socket;
+    }
+    return Py_NewRef(server_tuple_);
+}
+
+PyObject* BridgeServer::client_tuple(const core::PeerAddress& peer) {
+    // The port differs, the host often does not (a proxy, a load balancer): the last host's
+    // str is shared.
+    if (client_host_ == nullptr || peer.host != client_host_text_) {
+        PyObject* h = PyUnicode_FromStringAndSize(peer.host.data(),
+                                                  static_cast<Py_ssize_t>(peer.host.size()));
+        if (h == nullptr) return nullptr;
+        Py_XSETREF(client_host_, h);
+        client_host_text_ = peer.host;
+    }
+    PyObject* port = PyLong_FromLong(peer.port);
+    if (port == nullptr) return nullptr;
+    PyObject* t = PyTuple_Pack(2, client_host_, port);
+    Py_DECREF(port);
+    return t;
 }
 
 void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {

@@ -114,6 +114,10 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
 
   private:
     ConnData& conn_data(core::HttpConnection& conn);
+    // New references: the scope's "server" tuple (shared by the connections of a listener) and
+    // "client" tuple (its host str shared with the previous connection's when equal).
+    PyObject* server_tuple(const core::PeerAddress& local);
+    PyObject* client_tuple(const core::PeerAddress& peer);
     void after_run();
     void schedule_tick();
     void reraise_stashed();
@@ -151,6 +155,13 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* run_asgi_ws_ = nullptr;
     PyObject* ws_asgi_template_ = nullptr;  // {"version": "3.0", "spec_version": "2.4"}
     PyObject* ws_scheme_ = nullptr;         // "ws" / "wss"
+    // Shared scope values (see server_tuple / client_tuple): the last ones made.
+    PyObject* server_tuple_ = nullptr;
+    std::string server_tuple_host_;
+    int server_tuple_port_ = 0;
+    bool server_tuple_unix_ = false;
+    PyObject* client_host_ = nullptr;
+    std::string client_host_text_;
     std::size_t tasks_ = 0;
     std::uint64_t total_requests_ = 0;
     int backend_fd_ = -1;

@@ -8,6 +8,7 @@
 #include "core/websocket_connection.hpp"
 
 #include <cstddef>
+#include <memory>
 #include <new>
 #include <string>
 #include <utility>
@@ -290,10 +291,14 @@ class WsHandler final : public core::WebSocketHandler {
     PyObject* disconnect_ = nullptr;  // the disconnect message, handed out again and again
     MessageQueue queue_;              // messages for receive(), in order
     std::size_t max_queue_;
-    // websocket.http.response.*: the response is sent whole once the body is complete.
-    int response_status_ = 0;
-    std::vector<std::pair<std::string, std::string>> response_headers_;
-    std::string response_body_;
+    // websocket.http.response.*: the response is sent whole once the body is complete. Made
+    // at websocket.http.response.start only: an accepted session never needs it.
+    struct Denial {
+        int status = 0;
+        std::vector<std::pair<std::string, std::string>> headers;
+        std::string body;
+    };
+    std::unique_ptr<Denial> denial_;
     AppState state_ = AppState::kConnecting;
     bool reading_paused_ = false;
     bool task_running_ = false;
@@ -697,9 +702,9 @@ PyObject* WsHandler::send_connecting(PyObject* type, PyObject* message) {
         bool ok = collect_headers(headers, list, keep);
         Py_DECREF(headers);
         if (ok) {
-            response_headers_.clear();
+            denial_ = std::make_unique<Denial>();
             for (const auto& h : list)
-                response_headers_.emplace_back(h.name, h.value);
+                denial_->headers.emplace_back(h.name, h.value);
         }
         release_all(keep);
         if (!ok) {
@@ -708,8 +713,7 @@ PyObject* WsHandler::send_connecting(PyObject* type, PyObject* message) {
         }
         log_info("%s - \"WebSocket %s\" %d", status_obj);
         Py_DECREF(status_obj);
-        response_status_ = static_cast<int>(status);
-        response_body_.clear();
+        denial_->status = static_cast<int>(status);
         state_ = AppState::kResponding;
         return Py_NewRef(w.ready_none);
     }
@@ -777,8 +781,8 @@ PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
             Py_DECREF(body);
             return nullptr;
         }
-        response_body_.append(static_cast<const char*>(view.buf),
-                              static_cast<std::size_t>(view.len));
+        denial_->body.append(static_cast<const char*>(view.buf),
+                             static_cast<std::size_t>(view.len));
         PyBuffer_Release(&view);
     }
     Py_DECREF(body);
@@ -789,15 +793,14 @@ PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
     if (more < 0) return nullptr;
     if (more) return Py_NewRef(w.ready_none);
     std::vector<core::Header> list;
-    list.reserve(response_headers_.size());
-    for (const auto& [name, value] : response_headers_)
+    list.reserve(denial_->headers.size());
+    for (const auto& [name, value] : denial_->headers)
         list.push_back({name, value});
-    core::WriteResult r = ws_->respond(response_status_, list, response_body_);
+    core::WriteResult r = ws_->respond(denial_->status, list, denial_->body);
     if (r == core::WriteResult::kInvalid) return header_error(ws_->last_header_error());
     queue_disconnect(core::ws_close::kAbnormal, nullptr);
     state_ = AppState::kClosed;
-    response_body_.clear();
-    response_headers_.clear();
+    denial_.reset();
     return Py_NewRef(w.ready_none);
 }
 
@@ -944,28 +947,49 @@ class CommonBytes {
   public:
     // A new reference to the shared object for `s`, or a fresh bytes object.
     PyObject* get(std::string_view s) {
-        if (s.size() <= kMaxLength) {
-            for (auto& e : entries_) {
-                if (e.text.size() == s.size() && e.text == s) {
-                    if (e.bytes == nullptr) {
-                        e.bytes = PyBytes_FromStringAndSize(e.text.data(),
-                                                            static_cast<Py_ssize_t>(e.text.size()));
-                        if (e.bytes == nullptr) return nullptr;
-                    }
-                    return Py_NewRef(e.bytes);
-                }
-            }
+        int i = find(s);
+        if (i < 0) return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+        Entry& e = entries_[i];
+        if (e.bytes == nullptr) {
+            e.bytes =
+                PyBytes_FromStringAndSize(e.text.data(), static_cast<Py_ssize_t>(e.text.size()));
+            if (e.bytes == nullptr) return nullptr;
         }
-        return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+        return Py_NewRef(e.bytes);
+    }
+
+    // A new reference to a (name, value) tuple: a shared one when both are common (such as
+    // (b"upgrade", b"websocket"); tuples are immutable too), else a fresh one.
+    PyObject* pair(std::string_view name, std::string_view value) {
+        int i = find(name);
+        int j = i < 0 ? -1 : find(value);
+        PyObject** slot = j < 0 ? nullptr : &pairs_[i][j];
+        if (slot != nullptr && *slot != nullptr) return Py_NewRef(*slot);
+        PyObject* n = get(name);
+        PyObject* v = get(value);
+        PyObject* t = (n != nullptr && v != nullptr) ? PyTuple_Pack(2, n, v) : nullptr;
+        Py_XDECREF(n);
+        Py_XDECREF(v);
+        if (t != nullptr && slot != nullptr) *slot = Py_NewRef(t);  // kept for the process
+        return t;
     }
 
   private:
+    int find(std::string_view s) const {
+        if (s.size() > kMaxLength) return -1;
+        for (int i = 0; i < kCount; ++i) {
+            if (entries_[i].text == s) return i;
+        }
+        return -1;
+    }
+
     struct Entry {
         std::string_view text;
         PyObject* bytes;  // created on first use, kept for the life of the process
     };
     static constexpr std::size_t kMaxLength = 48;
-    Entry entries_[23] = {
+    static constexpr int kCount = 23;
+    Entry entries_[kCount] = {
         {"host", nullptr},
         {"connection", nullptr},
         {"upgrade", nullptr},
@@ -990,6 +1014,7 @@ class CommonBytes {
         {"gzip, deflate, br", nullptr},
         {"gzip, deflate, br, zstd", nullptr},
     };
+    PyObject* pairs_[kCount][kCount] = {};  // created on first use, kept for the process
 };
 
 CommonBytes common_bytes;
@@ -999,11 +1024,7 @@ PyObject* build_headers(const core::RequestHead& head) {
     if (list == nullptr) return nullptr;
     Py_ssize_t i = 0;
     for (const auto& h : head.headers) {
-        PyObject* name = common_bytes.get(h.name);
-        PyObject* value = common_bytes.get(h.value);
-        PyObject* pair = (name && value) ? PyTuple_Pack(2, name, value) : nullptr;
-        Py_XDECREF(name);
-        Py_XDECREF(value);
+        PyObject* pair = common_bytes.pair(h.name, h.value);
         if (pair == nullptr) {
             Py_DECREF(list);
             return nullptr;

@@ -4,6 +4,7 @@
 #include "core/metrics.hpp"
 #include "core/server.hpp"
 
+#include <new>
 #include <unistd.h>
 
 namespace cppuvicorn::core {
@@ -184,8 +185,9 @@ void TcpConnection::flush() {
             inflight_.swap(pending);
             buf = uv_buf_init(inflight_.data(), static_cast<unsigned>(inflight_.size()));
             writing_ = true;
-            write_req_.data = this;
-            if (uv_write(&write_req_, stream(), &buf, 1, on_uv_write) != 0) {
+            if (req_ == nullptr) req_ = std::make_unique<Request>();
+            req_->write.data = this;
+            if (uv_write(&req_->write, stream(), &buf, 1, on_uv_write) != 0) {
                 writing_ = false;
                 close_now();
                 return;
@@ -290,10 +292,15 @@ void TcpConnection::close_now() {
     reading_ = false;
     if (tls_ != nullptr && !writing_) send_tls_goodbye();
     // A half-close first lets the peer read what we sent before the socket goes away.
-    shutdown_req_.data = this;
-    if (!writing_ && uv_shutdown(&shutdown_req_, stream(), on_uv_shutdown) == 0) {
-        server_.note_uv_work();
-        return;
+    if (!writing_) {
+        if (req_ == nullptr) req_.reset(new (std::nothrow) Request{});
+        if (req_ != nullptr) {
+            req_->shutdown.data = this;
+            if (uv_shutdown(&req_->shutdown, stream(), on_uv_shutdown) == 0) {
+                server_.note_uv_work();
+                return;
+            }
+        }
     }
     uv_close(handle(), on_uv_close);
     server_.note_uv_work();

@@ -76,8 +76,15 @@ class TcpConnection final : public Transport {
     Server& server_;
     std::unique_ptr<HttpConnection> http_;
     std::unique_ptr<TlsSession> tls_;  // null on plain TCP
-    uv_write_t write_req_{};
-    uv_shutdown_t shutdown_req_{};
+    // The queued write's request, or at the end the shutdown's: never both at once (shutdown
+    // waits for the write, and nothing is written once closing). Made at the first write that
+    // does not go out at once, or at the shutdown: most connections, and idle WebSockets above
+    // all, never need it, and it is 192 bytes.
+    union Request {
+        uv_write_t write;
+        uv_shutdown_t shutdown;
+    };
+    std::unique_ptr<Request> req_;
     std::string out_;       // corked output not yet handed to the kernel
     std::string inflight_;  // owned by the pending uv_write
     std::string wire_;      // with TLS: sealed records not yet handed to the kernel

@@ -31,7 +31,7 @@ HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, Pee
                                PeerAddress local)
     : transport_(transport),
       ctx_(ctx),
-      parser_(*this, ctx.config),
+      parser_(std::make_unique<HttpParser>(static_cast<ParserSink&>(*this), ctx.config)),
       peer_(std::move(peer)),
       local_(std::move(local)) {
     // Silence is never free: a connection that never sends a request is closed like an idle
@@ -72,7 +72,7 @@ void HttpConnection::process_pending() {
 void HttpConnection::process(std::string_view data) {
     in_process_ = true;
     while (!closed_) {
-        ParseResult r = parser_.execute(data);
+        ParseResult r = parser_->execute(data);
         if (r.kind == ParseResult::Kind::kError) {
             in_process_ = false;
             fail_request(r.status, r.detail);
@@ -84,7 +84,9 @@ void HttpConnection::process(std::string_view data) {
         if (ws_) {
             // The upgrade request was the last HTTP/1.1 message: the rest is WebSocket frames.
             in_process_ = false;
-            parser_.release_buffers();
+            // Nor is the parser needed again: it and its head buffers go (a few hundred bytes
+            // per idle session).
+            parser_.reset();
             std::string().swap(pending_);
             ws_->on_data(data);
             return;
@@ -92,7 +94,7 @@ void HttpConnection::process(std::string_view data) {
         if (handler_ == nullptr || response_complete_) {
             finish_request();
             if (closed_) break;
-            parser_.resume();
+            parser_->resume();
             continue;
         }
         parser_paused_ = true;
@@ -182,7 +184,7 @@ void HttpConnection::on_deadline() {
     deadline_ms_ = 0;
     if (closed_) return;
     if (handler_ == nullptr) {
-        bool head_started = parser_.in_head() || head_deadline_ms_ != 0;
+        bool head_started = parser_->in_head() || head_deadline_ms_ != 0;
         if (!head_started) {
             // Idle (before the first request or between requests): a silent close, as Uvicorn's
             // keep-alive timeout.
@@ -192,7 +194,7 @@ void HttpConnection::on_deadline() {
         bool total = head_deadline_ms_ != 0 && head_deadline_ms_ <= transport_.now_ms();
         // 408 once a request line has started (RFC 9110 §15.5.9: the request was not complete
         // in time); CRLFs alone before it get a silent close.
-        time_out(parser_.in_head() ? 408 : 0,
+        time_out(parser_->in_head() ? 408 : 0,
                  total ? "request head not complete within the request head timeout"
                        : "request head stalled for the keep-alive timeout");
         return;
@@ -282,7 +284,8 @@ void HttpConnection::finish_request() {
     waiting_writable_ = false;
     if (body_paused_) body_paused_ = false;
     if (h != nullptr) h->on_release();
-    parser_.park_buffers();  // the head's views died with the handler: idle, hold no buffers
+    // The head's views died with the handler: an idle connection holds no head buffers.
+    if (parser_) parser_->park_buffers();
     if (!keep_alive_) {
         transport_.close(false);
         closed_ = true;
@@ -298,7 +301,7 @@ void HttpConnection::arm_deadline(bool head_bytes) {
         // The head timer starts at the first byte of the next request (CRLFs before a request
         // line count: trickling them is no way around it) and is not pushed back by later bytes.
         // Not inside the body of a request answered without a handler (e.g. 503).
-        bool reading_head = !parser_.in_message() || parser_.in_head();
+        bool reading_head = !parser_->in_message() || parser_->in_head();
         if (head_bytes && reading_head && head_deadline_ms_ == 0 && c.timeout_request_head > 0) {
             head_deadline_ms_ = now + to_ms(c.timeout_request_head);
         }
@@ -378,7 +381,7 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
             finish_request();
             if (!closed_) {
                 parser_paused_ = false;
-                parser_.resume();
+                parser_->resume();
                 if (!pending_.empty()) {
                     transport_.schedule_resume();
                 } else {

@@ -78,7 +78,7 @@ class HttpConnection final : private ParserSink {
     bool awaiting_response() const {
         return handler_ != nullptr && !response_complete_ && !closed_ && ws_ == nullptr;
     }
-    bool idle() const { return handler_ == nullptr && !parser_.in_message() && ws_ == nullptr; }
+    bool idle() const { return ws_ == nullptr && handler_ == nullptr && !parser_->in_message(); }
     // The WebSocket session, once the connection upgraded (set before on_websocket is called).
     WebSocketConnection* websocket() { return ws_.get(); }
     const PeerAddress& peer() const { return peer_; }
@@ -104,7 +104,7 @@ class HttpConnection final : private ParserSink {
 
     Transport& transport_;
     ConnectionContext& ctx_;
-    HttpParser parser_;
+    std::unique_ptr<HttpParser> parser_;  // null once the connection became a WebSocket
     PeerAddress peer_;
     PeerAddress local_;
     RequestHandler* handler_ = nullptr;

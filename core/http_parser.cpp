@@ -379,15 +379,6 @@ void HttpParser::remember_tail(std::string_view done) {
     }
 }
 
-void HttpParser::release_buffers() {
-    has_buffers_ = false;
-    std::string().swap(head_buf_);
-    std::vector<RawHeader>().swap(raw_headers_);
-    std::vector<Header>().swap(head_.headers);
-    head_.method = {};
-    head_.target = {};
-}
-
 ParseResult HttpParser::execute(std::string_view data) {
     // llhttp answers a parser in error (or still paused) with the old error and the old error
     // position, which points into an earlier buffer: never compute `consumed` from that.

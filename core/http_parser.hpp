@@ -46,6 +46,7 @@ struct ParseResult {
 class HttpParser {
   public:
     HttpParser(ParserSink& sink, const ServerConfig& config);
+    ~HttpParser() { park_buffers(); }  // e.g. after a WebSocket upgrade: the set is reused
     HttpParser(const HttpParser&) = delete;
     HttpParser& operator=(const HttpParser&) = delete;
 
@@ -57,10 +58,6 @@ class HttpParser {
 
     // Continue after kPaused: the next execute() starts a new message.
     void resume() { llhttp_resume(&parser_); }
-
-    // Frees the head buffers (the last head's views die). For a connection that left HTTP
-    // behind (a WebSocket session): they would otherwise stay as large as its upgrade request.
-    void release_buffers();
 
     // Between requests (not inside a message, the last head's handler released): gives the
     // head buffers back to a per-thread pool, so an idle keep-alive connection holds none;

@@ -544,6 +544,7 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
     }
     out.append("\r\n");
     std::string().swap(accept_key_);  // only needed for the 101
+    std::string().swap(extensions_header_);
     state_ = State::kOpen;
     if (MetricsSlot* m = ctx_.config.metrics) {
         m->add(kWebSocketsOpened);
@@ -650,6 +651,9 @@ void WebSocketConnection::process_frames() {
         handle_frame(frame);
     }
     in_frames_ = false;
+    // Every frame read was handled: the input buffer goes until the next read needs one, so an
+    // idle session holds none (one malloc per read is noise next to delivering a message).
+    decoder_.trim(0);
     update_reading();
 }
 
@@ -929,11 +933,14 @@ WriteResult WebSocketConnection::write_state() {
 void WebSocketConnection::trim_buffers() {
     // Not while frames are being handled: their payloads are views into the decoder's buffer.
     if (in_frames_) return;
-    decoder_.trim(kIdleBufferBytes);
+    // Whatever is empty goes, whatever its size: an idle session then holds no buffer at all,
+    // and a busy one pays a malloc per message (or per loop turn for the output), which does
+    // not show next to the Python side of a message.
+    decoder_.trim(0);
     std::string& out = transport_.out();
-    if (out.empty() && out.capacity() > kIdleBufferBytes) std::string().swap(out);
-    if (!in_message_ && message_.capacity() > kIdleBufferBytes) std::string().swap(message_);
-    if (scratch_.capacity() > kIdleBufferBytes) std::string().swap(scratch_);
+    if (out.empty()) std::string().swap(out);
+    if (!in_message_) std::string().swap(message_);
+    std::string().swap(scratch_);
 }
 
 void WebSocketConnection::on_drained() {

@@ -88,9 +88,6 @@ class WebSocketConnection {
     HeaderError last_header_error() const { return header_error_; }
 
     static constexpr std::uint64_t kCloseTimeoutMs = 10000;  // Uvicorn's close_timeout
-    // Input, output and message buffers larger than this are freed whenever the connection is
-    // drained, so an idle session holds no more than a small message's worth.
-    static constexpr std::size_t kIdleBufferBytes = 4096;
 
   private:
     void process_frames();
