@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -599,58 +602,76 @@ int Supervisor::run() {
 
 }  // namespace
 
+namespace {
+
+// The whole text as a base-10 integer in [lo, hi] (no sign but '-', no spaces, nothing after).
+bool parse_int(const std::string& text, long lo, long hi, int& out) {
+    long v = 0;
+    const char* end = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(text.data(), end, v);
+    if (ec != std::errc() || ptr != end || text.empty() || v < lo || v > hi) return false;
+    out = static_cast<int>(v);
+    return true;
+}
+
+// The whole text as a finite decimal number of seconds, at least `lo`.
+bool parse_seconds(const std::string& text, double lo, double& out) {
+    double v = 0;
+    const char* end = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(text.data(), end, v, std::chars_format::general);
+    if (ec != std::errc() || ptr != end || text.empty() || !std::isfinite(v) || v < lo) {
+        return false;
+    }
+    out = v;
+    return true;
+}
+
+}  // namespace
+
 std::string parse_supervisor_args(const std::vector<std::string>& args, SupervisorOptions& o) {
-    std::size_t i = 0;
-    auto value = [&](const std::string& name, std::string& out) -> bool {
-        if (i + 1 >= args.size()) return false;
-        out = args[++i];
-        (void)name;
-        return true;
-    };
-    try {
-        for (; i < args.size(); ++i) {
-            const std::string& a = args[i];
-            std::string v;
-            if (a == "--") {
-                o.worker_argv.assign(args.begin() + static_cast<long>(i) + 1, args.end());
-                break;
-            }
-            if (!value(a, v)) return "missing value for " + a;
-            if (a == "--workers") {
-                o.workers = std::stoi(v);
-            } else if (a == "--host") {
-                o.host = v;
-            } else if (a == "--port") {
-                o.port = std::stoi(v);
-            } else if (a == "--uds") {
-                o.uds = v;
-            } else if (a == "--fd") {
-                o.fd = std::stoi(v);
-            } else if (a == "--backlog") {
-                o.backlog = std::stoi(v);
-            } else if (a == "--healthcheck-timeout") {
-                o.healthcheck_timeout = std::stod(v);
-            } else if (a == "--graceful-timeout") {
-                o.graceful_timeout = std::stod(v);
-            } else if (a == "--drain") {
-                o.drain = std::stod(v);
-            } else if (a == "--scheme") {
-                o.scheme = v;
-            } else if (a == "--metrics-port") {
-                o.metrics_port = std::stoi(v);
-            } else if (a == "--metrics-host") {
-                o.metrics_host = v;
-            } else if (a == "--log-info") {
-                o.log_info = v == "1";
-            } else {
-                return "unknown option " + a;
-            }
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--") {
+            o.worker_argv.assign(args.begin() + static_cast<long>(i) + 1, args.end());
+            break;
         }
-    } catch (const std::exception&) {
-        return "invalid number in arguments";
+        if (i + 1 >= args.size()) return "missing value for " + a;
+        const std::string& v = args[++i];
+        bool ok = true;
+        if (a == "--workers") {
+            ok = parse_int(v, 1, kMaxWorkers, o.workers);
+        } else if (a == "--host") {
+            o.host = v;
+        } else if (a == "--port") {
+            ok = parse_int(v, 0, 65535, o.port);
+        } else if (a == "--uds") {
+            o.uds = v;
+        } else if (a == "--fd") {
+            ok = parse_int(v, 0, INT32_MAX, o.fd);
+        } else if (a == "--backlog") {
+            ok = parse_int(v, 1, INT32_MAX, o.backlog);
+        } else if (a == "--healthcheck-timeout") {
+            ok = parse_seconds(v, 0, o.healthcheck_timeout);
+        } else if (a == "--graceful-timeout") {
+            ok = parse_seconds(v, -1, o.graceful_timeout);  // -1: wait for ever
+        } else if (a == "--drain") {
+            ok = parse_seconds(v, 0, o.drain);
+        } else if (a == "--scheme") {
+            if (v != "http" && v != "https") return "--scheme must be http or https";
+            o.scheme = v;
+        } else if (a == "--metrics-port") {
+            ok = parse_int(v, -1, 65535, o.metrics_port);  // -1: off
+        } else if (a == "--metrics-host") {
+            o.metrics_host = v;
+        } else if (a == "--log-info") {
+            if (v != "0" && v != "1") return "--log-info must be 0 or 1";
+            o.log_info = v == "1";
+        } else {
+            return "unknown option " + a;
+        }
+        if (!ok) return "invalid value for " + a + ": " + v;
     }
     if (o.worker_argv.empty()) return "no worker command after --";
-    if (o.workers < 1) return "--workers must be at least 1";
     return "";
 }
 

@@ -143,3 +143,22 @@ proxy("ports", 0, b"127.0.0.1", XFF + b"h: -0_1 ,[::1]x,[::1,1.2.3.4:\xa080\x85,
       XFF + b",", XFP + b"ws")
 proxy("websocket", WEBSOCKET, b"::ffff:127.0.0.1, 0:0::1%lo",
       XFF + b"::ffff:7f00:1, ::1%lo, 9.9.9.9:99999999999999999999999", XFP + b"https")
+
+
+# ---- fuzz_supervisor_args: the supervisor's argv, arguments separated by NUL bytes --------------
+def sup(name: str, *args: str) -> None:
+    write("fuzz_supervisor_args", name, b"\0".join(a.encode() for a in args))
+
+
+WORKER = ["--", "/usr/bin/python3", "-m", "cppuvicorn._worker"]
+# As cli/cppuvicorn/supervisor.py builds it: TCP, a UNIX socket, an inherited fd, metrics.
+sup("tcp", "--workers", "2", "--backlog", "2048", "--healthcheck-timeout", "5",
+    "--graceful-timeout", "-1", "--drain", "0", "--scheme", "http", "--host", "0.0.0.0",
+    "--port", "8000", *WORKER)
+sup("uds", "--workers", "4", "--backlog", "128", "--healthcheck-timeout", "2.5",
+    "--graceful-timeout", "30", "--drain", "1.5", "--scheme", "https", "--uds", "/tmp/app.sock",
+    "--log-info", "0", *WORKER)
+sup("fd-metrics", "--workers", "1", "--fd", "3", "--metrics-port", "9100", "--metrics-host",
+    "::1", "--healthcheck-timeout", "1e-3", *WORKER)
+sup("bad-numbers", "--workers", "2x", "--port", "65536", "--drain", "nan", *WORKER)
+sup("no-worker", "--workers", "3", "--")

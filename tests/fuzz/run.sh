@@ -27,7 +27,11 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 for t in "${targets[@]}"; do
     args=(-max_len=4096 -artifact_prefix=artifacts/"$t"- -print_final_stats=1)
-    case "$t" in fuzz_http_*) args+=(-dict="$ROOT/tests/fuzz/http.dict") ;; esac
+    case "$t" in
+        fuzz_http_*) args+=(-dict="$ROOT/tests/fuzz/http.dict") ;;
+        fuzz_proxy_headers) args+=(-dict="$ROOT/tests/fuzz/proxy.dict") ;;
+        fuzz_supervisor_args) args+=(-dict="$ROOT/tests/fuzz/supervisor.dict") ;;
+    esac
     if [ "$RUNS" != -1 ]; then args+=(-runs="$RUNS"); else args+=(-max_total_time="$SECONDS_PER_TARGET"); fi
     mkdir -p "work/$t"
     echo "== $t (${RUNS/#-1/${SECONDS_PER_TARGET}s})" >&2
