@@ -614,12 +614,16 @@ bool parse_int(const std::string& text, long lo, long hi, int& out) {
     return true;
 }
 
-// The whole text as a finite decimal number of seconds, at least `lo`.
+// The whole text as a finite decimal number of seconds in [lo, a million years]: the
+// supervisor turns seconds into integer milliseconds, which must not overflow.
+constexpr double kMaxSeconds = 3.2e13;
+
 bool parse_seconds(const std::string& text, double lo, double& out) {
     double v = 0;
     const char* end = text.data() + text.size();
     auto [ptr, ec] = std::from_chars(text.data(), end, v, std::chars_format::general);
-    if (ec != std::errc() || ptr != end || text.empty() || !std::isfinite(v) || v < lo) {
+    if (ec != std::errc() || ptr != end || text.empty() || !std::isfinite(v) || v < lo ||
+        v > kMaxSeconds) {
         return false;
     }
     out = v;

@@ -118,6 +118,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(std::isfinite(a.healthcheck_timeout) && a.healthcheck_timeout >= 0, "healthcheck");
     check(std::isfinite(a.graceful_timeout) && a.graceful_timeout >= -1, "graceful timeout");
     check(std::isfinite(a.drain) && a.drain >= 0, "drain");
+    for (double t : {a.healthcheck_timeout, a.graceful_timeout, a.drain})
+        check(t * 1000 < 1.8e19, "timeouts fit in 64-bit milliseconds");
     check(a.scheme == "http" || a.scheme == "https", "scheme");
     check(!a.worker_argv.empty(), "a worker command");
 

@@ -70,6 +70,7 @@ TEST_CASE("Supervisor args: bad values are refused with the option named", "[sup
         {"--healthcheck-timeout", "-1"},
         {"--graceful-timeout", "-1.5"},
         {"--drain", "1e999"},
+        {"--drain", "1e300"},
         {"--drain", "0.5s"},
         {"--metrics-port", "-2"},
     }));
