@@ -32,8 +32,9 @@ inline constexpr long kMaxWorkers = 4096;
 
 // Parses `--workers N --host H … -- worker argv…`. Returns an error message, or "" on success;
 // on success every number is whole, in range and finite (ports 0–65535, 1 ≤ workers ≤
-// kMaxWorkers, backlog ≥ 1, timeouts ≥ 0 and ≤ a million years except --graceful-timeout ≥ -1 and --metrics-port
-// ≥ -1, where -1 means off), --scheme is http or https and a worker command follows `--`.
+// kMaxWorkers, backlog ≥ 1, timeouts ≥ 0 and ≤ a million years except --graceful-timeout ≥ -1 and
+// --metrics-port ≥ -1, where -1 means off), --scheme is http or https and a worker command follows
+// `--`.
 std::string parse_supervisor_args(const std::vector<std::string>& args, SupervisorOptions& out);
 
 // Runs until every worker has stopped; returns the process exit code (0, or 3 when a worker
