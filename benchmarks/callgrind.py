@@ -174,7 +174,11 @@ def main() -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--out", default=None)
+    p.add_argument("--compare", metavar="FILE", default=None,
+                   help="a recorded baseline (results/callgrind-*.json): print the deltas "
+                        "against it after the run")
     args = p.parse_args()
+    baseline = json.loads(Path(args.compare).read_text())["results"] if args.compare else None
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (scripts/bootstrap installs it)")
     arms = [a for a in args.arms.split(",") if a]
@@ -224,7 +228,28 @@ def main() -> int:
                                                       "results": results}, indent=1))
     print("\n".join(lines[-1:]))
     print(f"wrote {RESULTS / (stem + '.md')}")
+    if baseline is not None:
+        print_comparison(results, baseline, args.compare)
     return 0
+
+
+def print_comparison(results: dict, baseline: dict, name: str) -> None:
+    """Per arm: Ir/request now vs the baseline, in instructions and percent, and the object
+    files whose share moved by at least 50 instructions per request."""
+    print(f"\nvs {name}:")
+    for arm, r in results.items():
+        b = baseline.get(arm)
+        if b is None:
+            print(f"{arm:<16} not in the baseline")
+            continue
+        now, then = r["ir_per_request"], b["ir_per_request"]
+        print(f"{arm:<16} {then:12,.0f} -> {now:12,.0f} instructions per request "
+              f"({now - then:+,.0f}, {100 * (now - then) / then:+.2f} %)")
+        objs = set(r["per_request_by_object"]) | set(b["per_request_by_object"])
+        for g in sorted(objs):
+            d = r["per_request_by_object"].get(g, 0) - b["per_request_by_object"].get(g, 0)
+            if abs(d) >= 50:
+                print(f"{'':<16}   {g}: {d:+,.0f}")
 
 
 if __name__ == "__main__":
