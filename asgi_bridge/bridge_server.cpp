@@ -6,6 +6,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -349,7 +350,11 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
         if (in.client != cd.client && PyDict_SetItem(scope, n::client, cd.client) != 0) {
             PyErr_Clear();
         }
-        log_access(scope, conn, 503);
+        if (access_log_timed()) {
+            log_access_done(scope, 503, nullptr, sizeof("Service Unavailable") - 1, now_ns());
+        } else {
+            log_access(scope, conn, 503);
+        }
         conn.respond_simple(503, "Service Unavailable");
         Py_DECREF(scope);
         return nullptr;
@@ -447,15 +452,39 @@ PyObject* BridgeServer::create_future() {
 // ---------------------------------------------------------------------------------------------
 // Logging
 
-void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status) {
+std::uint64_t BridgeServer::now_ns() {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count());
+}
+
+void BridgeServer::log_access_done(PyObject* scope, int status, PyObject* headers,
+                                   std::uint64_t body_bytes, std::uint64_t start_ns) {
     if (access_log_ == nullptr) return;
-    // Uvicorn's arguments: client_addr, method, quote(path)[?query], http_version, status.
+    std::uint64_t now = now_ns();
+    PyObject* st = PyLong_FromLong(status);
+    PyObject* nb = PyLong_FromUnsignedLongLong(body_bytes);
+    PyObject* dur = PyLong_FromUnsignedLongLong(now > start_ns ? now - start_ns : 0);
+    if (st && nb && dur) {
+        PyObject* args[] = {scope, st, headers != nullptr ? headers : Py_None, nb, dur};
+        PyObject* r = PyObject_Vectorcall(access_log_, args, 5, nullptr);
+        if (r == nullptr) report_python_error("the access log");
+        Py_XDECREF(r);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(st);
+    Py_XDECREF(nb);
+    Py_XDECREF(dur);
+}
+
+void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status) {
+    if (access_log_ == nullptr || options_.access_log_timed) return;
+    // Uvicorn's arguments: client_addr, method, raw path[?query], http_version, status.
     PyObject* client = PyDict_GetItemWithError(scope, n::client);
     PyObject* method = PyDict_GetItemWithError(scope, n::method);
-    PyObject* path = PyDict_GetItemWithError(scope, n::path);
-    PyObject* query = PyDict_GetItemWithError(scope, n::query_string);
     PyObject* version = PyDict_GetItemWithError(scope, n::http_version);
-    if (!method || !path || !version) {
+    if (!method || !version) {
         PyErr_Clear();
         return;
     }
@@ -470,20 +499,12 @@ void BridgeServer::log_access(PyObject* scope, core::HttpConnection&, int status
             Py_DECREF(s);
         }
     }
-    Py_ssize_t plen = 0;
-    const char* p = PyUnicode_Check(path) ? PyUnicode_AsUTF8AndSize(path, &plen) : nullptr;
-    if (p == nullptr) {
+    PyObject* a2 = log_target(scope);
+    if (a2 == nullptr) {
         PyErr_Clear();
         return;
     }
-    std::string path_qs = quote_path({p, static_cast<std::size_t>(plen)});
-    if (query != nullptr && PyBytes_Check(query) && PyBytes_GET_SIZE(query) > 0) {
-        path_qs.push_back('?');
-        path_qs.append(PyBytes_AS_STRING(query), static_cast<std::size_t>(PyBytes_GET_SIZE(query)));
-    }
     PyObject* a0 = PyUnicode_FromStringAndSize(addr.data(), static_cast<Py_ssize_t>(addr.size()));
-    PyObject* a2 =
-        PyUnicode_DecodeLatin1(path_qs.data(), static_cast<Py_ssize_t>(path_qs.size()), nullptr);
     PyObject* a4 = PyLong_FromLong(status);
     if (a0 && a2 && a4) {
         PyObject* args[] = {a0, method, a2, version, a4};

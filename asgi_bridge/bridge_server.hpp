@@ -28,6 +28,10 @@ struct BridgeOptions {
     std::string asgi_version = "3.0";  // "2.0" for ASGI 2 apps (wrapped), as Uvicorn reports
     long limit_concurrency = 0;        // 0: no limit
     bool ws = true;                    // WebSocket upgrades (false: served as plain HTTP)
+    // --access-log-format: the access log is called once the response ends, as
+    // access_log(scope, status, response_headers, body_bytes, duration_ns), instead of at its
+    // start with Uvicorn's five arguments.
+    bool access_log_timed = false;
     std::shared_ptr<const core::TlsContext> tls;  // TLS on every listener, or null
     // --proxy-headers: X-Forwarded-* from peers in --forwarded-allow-ips rewrite scheme/client.
     bool proxy_headers = false;
@@ -74,6 +78,11 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // ---- for HttpCycle ----
     PyObject* create_future();  // new reference or nullptr
     void log_access(PyObject* scope, core::HttpConnection& conn, int status);
+    // With access_log_timed: one line at the end of a response (see BridgeOptions).
+    bool access_log_timed() const { return access_log_ != nullptr && options_.access_log_timed; }
+    void log_access_done(PyObject* scope, int status, PyObject* headers, std::uint64_t body_bytes,
+                         std::uint64_t start_ns);
+    static std::uint64_t now_ns();
     void log_error(PyObject* level, const char* message);
     void report_python_error(const char* where);  // logs or stashes the current Python error
     void on_task_started(HttpCycle* c);

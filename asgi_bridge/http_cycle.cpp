@@ -89,6 +89,7 @@ class CycleHandler final : public core::RequestHandler {
     CycleHandler(HttpCycle* self, BridgeServer& server, ConnData& data, PyObject* scope)
         : self_(self), server_(server), conn_(data.conn), data_(&data), scope_(Py_NewRef(scope)) {
         data.retain();
+        if (server.access_log_timed()) start_ns_ = BridgeServer::now_ns();
     }
 
     ~CycleHandler() {
@@ -101,10 +102,12 @@ class CycleHandler final : public core::RequestHandler {
         Py_VISIT(task_);
         Py_VISIT(receive_waiter_);
         Py_VISIT(send_waiter_);
+        Py_VISIT(response_headers_);
         return 0;
     }
 
     void clear() {
+        Py_CLEAR(response_headers_);
         Py_CLEAR(scope_);
         Py_CLEAR(task_);
         Py_CLEAR(receive_waiter_);
@@ -153,6 +156,9 @@ class CycleHandler final : public core::RequestHandler {
         }
     }
     void finish() {
+        // A response that started but never ended (the app raised, or the client left) still
+        // gets its line in the timed access log, with the bytes sent so far.
+        if (response_started_ && !access_logged_ && server_.access_log_timed()) log_done();
         if (task_running_) {
             task_running_ = false;
             server_.on_task_finished(self_);
@@ -191,6 +197,13 @@ class CycleHandler final : public core::RequestHandler {
     void wake_sender();
     PyObject* send_start(PyObject* message);
     PyObject* send_body(PyObject* message);
+    void log_done() {
+        access_logged_ = true;
+        if (scope_ != nullptr) {
+            server_.log_access_done(scope_, status_, response_headers_, body_bytes_, start_ns_);
+        }
+        Py_CLEAR(response_headers_);
+    }
 
     HttpCycle* self_;
     BridgeServer& server_;
@@ -201,6 +214,11 @@ class CycleHandler final : public core::RequestHandler {
     PyObject* receive_waiter_ = nullptr;
     PyObject* send_waiter_ = nullptr;
     BodyBuffer body_;
+    PyObject* response_headers_ = nullptr;  // kept for the timed access log only
+    std::uint64_t start_ns_ = 0;            // timed access log: when the request head was read
+    std::uint64_t body_bytes_ = 0;          // response body bytes the app sent
+    int status_ = 0;
+    bool access_logged_ = false;
     bool body_complete_ = false;
     bool final_body_delivered_ = false;
     bool disconnected_ = false;
@@ -545,7 +563,12 @@ PyObject* CycleHandler::send_start(PyObject* message) {
     core::HeaderError err = conn_ ? conn_->last_header_error() : core::HeaderError::kNone;
     for (PyObject* k : keep)
         Py_DECREF(k);
-    Py_DECREF(seq);
+    status_ = static_cast<int>(status);
+    if (server_.access_log_timed()) {
+        Py_XSETREF(response_headers_, seq);
+    } else {
+        Py_DECREF(seq);
+    }
     if (r == core::WriteResult::kInvalid) {
         // As Uvicorn: the response counts as started (and is logged) before headers are
         // checked, so the app's error closes the connection instead of answering 500.
@@ -588,6 +611,7 @@ PyObject* CycleHandler::send_body(PyObject* message) {
     }
     if (more < 0) more = 0;
     core::WriteResult r = conn_ ? conn_->write_body(data, more != 0) : core::WriteResult::kClosed;
+    if (r != core::WriteResult::kTooLong) body_bytes_ += data.size();
     if (have_view) PyBuffer_Release(&view);
     Py_DECREF(body);
     switch (r) {
@@ -600,6 +624,7 @@ PyObject* CycleHandler::send_body(PyObject* message) {
     }
     if (!more) {
         response_complete_ = true;
+        if (server_.access_log_timed()) log_done();
         server_.on_response_complete();
         wake_receiver();  // a pending receive() now answers http.disconnect, as in Uvicorn
     }

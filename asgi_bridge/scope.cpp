@@ -188,22 +188,32 @@ std::string percent_decode(std::string_view raw) {
     return out;
 }
 
-std::string quote_path(std::string_view s) {
-    static constexpr char kHex[] = "0123456789ABCDEF";
-    std::string out;
-    out.reserve(s.size());
-    for (unsigned char c : s) {
-        bool safe = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '.' || c == '-' || c == '~' || c == '/';
-        if (safe) {
-            out.push_back(static_cast<char>(c));
-        } else {
-            out.push_back('%');
-            out.push_back(kHex[c >> 4]);
-            out.push_back(kHex[c & 15]);
-        }
+PyObject* log_target(PyObject* scope) {
+    namespace n = py_names;
+    PyObject* raw = PyDict_GetItemWithError(scope, n::raw_path);
+    PyObject* query = PyDict_GetItemWithError(scope, n::query_string);
+    if (raw == nullptr || !PyBytes_Check(raw)) {
+        PyErr_Clear();
+        return nullptr;
     }
-    return out;
+    std::string out;
+    auto append = [&out](PyObject* b) {
+        const char* p = PyBytes_AS_STRING(b);
+        for (Py_ssize_t i = 0, len = PyBytes_GET_SIZE(b); i < len; ++i) {
+            if (p[i] == '"') {
+                out += "%22";
+            } else {
+                out.push_back(p[i]);
+            }
+        }
+    };
+    append(raw);
+    if (query != nullptr && PyBytes_Check(query) && PyBytes_GET_SIZE(query) > 0) {
+        out.push_back('?');
+        append(query);
+    }
+    PyErr_Clear();
+    return PyUnicode_DecodeLatin1(out.data(), static_cast<Py_ssize_t>(out.size()), nullptr);
 }
 
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in) {

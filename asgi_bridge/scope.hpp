@@ -48,7 +48,9 @@ void split_target(std::string_view target, std::string_view& path, std::string_v
 // Percent-decodes `raw` (invalid escapes are kept as they are).
 std::string percent_decode(std::string_view raw);
 
-// urllib.parse.quote(path) with safe="/": for the access log line.
-std::string quote_path(std::string_view utf8_path);
+// The path and query of a log line, as the newest Uvicorn's get_path_with_query_string(scope):
+// raw_path (latin-1) and "?" query, with '"' written %22. New reference, or nullptr without an
+// exception when the scope has no bytes raw_path.
+PyObject* log_target(PyObject* scope);
 
 }  // namespace cppuvicorn::asgi

@@ -588,11 +588,11 @@ PyObject* WsHandler::receive() {
 // WsHandler: send
 
 void WsHandler::log_info(const char* fmt, PyObject* arg) {
-    // Uvicorn: '%s - "WebSocket %s" …' with get_client_addr(scope) and the quoted path.
+    // Uvicorn: '%s - "WebSocket %s" …' with get_client_addr(scope) and the raw path.
     PyObject* client = PyDict_GetItemWithError(scope_, n::client);
-    PyObject* path = PyDict_GetItemWithError(scope_, n::path);
-    PyObject* query = PyDict_GetItemWithError(scope_, n::query_string);
-    if (path == nullptr || !PyUnicode_Check(path)) {
+    PyErr_Clear();
+    PyObject* where = log_target(scope_);
+    if (where == nullptr) {
         PyErr_Clear();
         return;
     }
@@ -602,19 +602,6 @@ void WsHandler::log_info(const char* fmt, PyObject* arg) {
             PyUnicode_FromFormat("%S:%S", PyTuple_GET_ITEM(client, 0), PyTuple_GET_ITEM(client, 1));
     } else {
         addr = Py_NewRef(n::empty_str);
-    }
-    Py_ssize_t plen = 0;
-    const char* p = PyUnicode_AsUTF8AndSize(path, &plen);
-    PyObject* where = nullptr;
-    if (p != nullptr) {
-        std::string path_qs = quote_path({p, static_cast<std::size_t>(plen)});
-        if (query != nullptr && PyBytes_Check(query) && PyBytes_GET_SIZE(query) > 0) {
-            path_qs.push_back('?');
-            path_qs.append(PyBytes_AS_STRING(query),
-                           static_cast<std::size_t>(PyBytes_GET_SIZE(query)));
-        }
-        where = PyUnicode_DecodeLatin1(path_qs.data(), static_cast<Py_ssize_t>(path_qs.size()),
-                                       nullptr);
     }
     PyObject* r = nullptr;
     if (addr != nullptr && where != nullptr) {

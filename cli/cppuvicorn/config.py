@@ -124,6 +124,7 @@ class Config:
         log_config: dict[str, Any] | str | os.PathLike[str] | RawConfigParser | IO[Any] | None = LOGGING_CONFIG,
         log_level: str | int | None = None,
         access_log: bool = True,
+        access_log_format: str | None = None,
         use_colors: bool | None = None,
         interface: InterfaceType = "auto",
         reload: bool = False,
@@ -183,6 +184,7 @@ class Config:
         self.log_config = log_config
         self.log_level = log_level
         self.access_log = access_log
+        self.access_log_format = access_log_format
         self.use_colors = use_colors
         self.interface = interface
         self.reload = reload
@@ -305,6 +307,10 @@ class Config:
         if isinstance(log_config, os.PathLike):
             log_config = self.log_config = os.fspath(log_config)
         if isinstance(log_config, dict):
+            if self.access_log_format is not None and log_config is LOGGING_CONFIG:
+                # The format makes the whole line, as Gunicorn's access_log_format does.
+                log_config = copy.deepcopy(log_config)
+                log_config["formatters"]["access"]["fmt"] = "%(message)s"
             if self.use_colors in (True, False):
                 log_config = copy.deepcopy(log_config)
                 for name in ("default", "access"):

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import http
 import logging
+import os
 import sys
+import time
+from collections.abc import Iterator, Mapping
 from copy import copy
 from typing import Any, Literal
+from urllib.parse import quote
 
 TRACE_LOG_LEVEL = 5
 
@@ -117,6 +121,15 @@ class AccessFormatter(ColourizedFormatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record = copy(record)
+        if isinstance(record.args, AccessAtoms):  # --access-log-format
+            atoms = record.args
+            client_addr, request_line, status_code = atoms["client_addr"], atoms["r"], atoms.status
+            if self.use_colors:
+                request_line = ansi_style(request_line, bold=True)
+            record.__dict__.update(
+                client_addr=client_addr, request_line=request_line, status_code=self.get_status_code(status_code)
+            )
+            return super().formatMessage(record)
         client_addr, method, full_path, http_version, status_code = record.args  # type: ignore[misc]
         request_line = f"{method} {full_path} HTTP/{http_version}"
         if self.use_colors:
@@ -127,6 +140,125 @@ class AccessFormatter(ColourizedFormatter):
             status_code=self.get_status_code(int(status_code)),  # type: ignore[arg-type]
         )
         return super().formatMessage(record)
+
+
+def _header(headers: Any, name: bytes) -> str:
+    for key, value in headers or ():
+        if bytes(key).lower() == name:
+            return bytes(value).decode("latin-1")
+    return "-"
+
+
+class AccessAtoms(Mapping[str, Any]):
+    """The values an ``--access-log-format`` string can name, for one finished response.
+
+    Gunicorn's atoms, so its ``access_log_format`` strings carry over unchanged: ``h`` remote
+    address, ``l`` ``-``, ``u`` user (``-``), ``t`` time of the request, ``r`` request line,
+    ``m`` method, ``U`` path, ``q`` query string, ``H`` protocol, ``s`` status, ``B`` body bytes,
+    ``b`` body bytes or ``-``, ``f`` referer, ``a`` user agent, ``T`` seconds, ``M`` milliseconds,
+    ``D`` microseconds, ``L`` decimal seconds, ``p`` process id, ``{name}i`` a request header,
+    ``{name}o`` a response header, ``{name}e`` an environment variable; plus Uvicorn's names
+    ``client_addr``, ``request_line`` and ``status_code``. Each is computed only when the format
+    asks for it; an unknown name is ``-``, as in Gunicorn.
+    """
+
+    KEYS = (
+        "h l u t r m U q H s B b f a T M D L p client_addr request_line status_code"
+    ).split()
+
+    __slots__ = ("scope", "status", "response_headers", "body_bytes", "duration_ns")
+
+    def __init__(
+        self, scope: dict[str, Any], status: int, response_headers: Any, body_bytes: int, duration_ns: int
+    ) -> None:
+        self.scope = scope
+        self.status = status
+        self.response_headers = response_headers
+        self.body_bytes = body_bytes
+        self.duration_ns = duration_ns
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def _path(self) -> str:
+        path = quote(self.scope.get("root_path", "") + self.scope.get("path", ""))
+        query = self.scope.get("query_string", b"")
+        return f"{path}?{query.decode('ascii', 'replace')}" if query else path
+
+    def __getitem__(self, key: str) -> Any:  # noqa: C901 - one branch per atom
+        scope = self.scope
+        if key == "h":
+            client = scope.get("client")
+            return client[0] if client else "-"
+        if key == "client_addr":
+            client = scope.get("client")
+            return f"{client[0]}:{client[1]}" if client else ""
+        if key in ("r", "request_line"):
+            return f"{scope.get('method', '-')} {self._path()} HTTP/{scope.get('http_version', '1.1')}"
+        if key == "m":
+            return scope.get("method", "-")
+        if key == "U":
+            return quote(scope.get("root_path", "") + scope.get("path", ""))
+        if key == "q":
+            return scope.get("query_string", b"").decode("ascii", "replace")
+        if key == "H":
+            return f"HTTP/{scope.get('http_version', '1.1')}"
+        if key in ("s", "status_code"):
+            return self.status
+        if key == "B":
+            return self.body_bytes
+        if key == "b":
+            return str(self.body_bytes) if self.body_bytes else "-"
+        if key == "T":
+            return self.duration_ns // 1_000_000_000
+        if key == "M":
+            return self.duration_ns // 1_000_000
+        if key == "D":
+            return self.duration_ns // 1_000
+        if key == "L":
+            return f"{self.duration_ns / 1e9:.6f}"
+        if key == "t":
+            return time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(time.time() - self.duration_ns / 1e9))
+        if key == "f":
+            return _header(scope.get("headers"), b"referer")
+        if key == "a":
+            return _header(scope.get("headers"), b"user-agent")
+        if key == "p":
+            return f"<{os.getpid()}>"
+        if key in ("l", "u"):
+            return "-"
+        if len(key) > 3 and key[0] == "{" and key[-2] == "}":
+            name, kind = key[1:-2], key[-1]
+            if kind == "i":
+                return _header(scope.get("headers"), name.lower().encode("latin-1"))
+            if kind == "o":
+                return _header(self.response_headers, name.lower().encode("latin-1"))
+            if kind == "e":
+                return os.environ.get(name, "-")
+        return "-"
+
+
+def access_log_format_error(fmt: str) -> str | None:
+    """Why ``fmt`` cannot be used as an access-log format, or None when it can."""
+    try:
+        fmt % AccessAtoms({"type": "http", "headers": []}, 200, [], 0, 0)
+    except (ValueError, TypeError, KeyError) as exc:
+        return str(exc)
+    return None
+
+
+def timed_access_logger(logger: logging.Logger, fmt: str) -> Any:
+    """The bridge's access-log callable for ``--access-log-format``: called once per finished
+    response with ``(scope, status, response_headers, body_bytes, duration_ns)``."""
+    info = logger.info
+
+    def log(scope: dict[str, Any], status: int, headers: Any, body_bytes: int, duration_ns: int) -> None:
+        info(fmt, AccessAtoms(scope, status, headers, body_bytes, duration_ns))
+
+    return log
 
 
 LOGGING_CONFIG: dict[str, Any] = {

@@ -67,6 +67,16 @@ def print_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
     ctx.exit()
 
 
+def _check_access_log_format(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from cppuvicorn.logging import access_log_format_error
+
+        error = access_log_format_error(value)
+        if error is not None:
+            raise click.BadParameter(f"{value!r} is not a usable format: {error}")
+    return value
+
+
 def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
     headers = []
     for header in values:
@@ -217,6 +227,15 @@ def _parse_headers(ctx: click.Context, param: click.Parameter, values: tuple[str
     help="Log level. [default: info]",
 )
 @option("--access-log/--no-access-log", is_flag=True, default=True, help="Enable/Disable access log.")
+@option(
+    "--access-log-format",
+    type=str,
+    default=None,
+    callback=_check_access_log_format,
+    help="cppuvicorn: access-log line format with Gunicorn's atoms, logged when the response ends, e.g. "
+    "'%(h)s \"%(r)s\" %(s)s %(B)s %(M)sms' (h client, r request line, s status, B body bytes, M/D/L duration "
+    "in ms/us/s, {name}i request header, ...). Default: Uvicorn's line, logged when the response starts.",
+)
 @option("--use-colors/--no-use-colors", is_flag=True, default=None, help="Enable/Disable colorized logging.")
 @option(
     "--proxy-headers/--no-proxy-headers",
@@ -429,6 +448,7 @@ def run(
     log_config: dict[str, Any] | str | os.PathLike[str] | RawConfigParser | IO[Any] | None = LOGGING_CONFIG,
     log_level: str | int | None = None,
     access_log: bool = True,
+    access_log_format: str | None = None,
     proxy_headers: bool = True,
     server_header: bool = True,
     date_header: bool = True,
@@ -496,6 +516,7 @@ def run(
         log_config=log_config,
         log_level=log_level,
         access_log=access_log,
+        access_log_format=access_log_format,
         proxy_headers=proxy_headers,
         server_header=server_header,
         date_header=date_header,

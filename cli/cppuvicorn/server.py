@@ -189,6 +189,7 @@ class Server:
             timeout_keep_alive=float(config.timeout_keep_alive),
             limit_concurrency=config.limit_concurrency,
             access_log=self._access_log(),
+            access_log_timed=config.access_log_format is not None,
             error_log=logger,
             max_head_size=DEFAULT_MAX_HEAD_SIZE if max_head_size is None else max_head_size,
             scheme="https" if config.ssl else "http",
@@ -235,6 +236,10 @@ class Server:
         access_logger = logging.getLogger("uvicorn.access")
         if not access_logger.hasHandlers() or not access_logger.isEnabledFor(logging.INFO):
             return None
+        if self.config.access_log_format is not None:
+            from cppuvicorn.logging import timed_access_logger
+
+            return timed_access_logger(access_logger, self.config.access_log_format)
         return functools.partial(access_logger.info, ACCESS_LOG_FORMAT)
 
     def _listen(self, sockets: list[socket.socket] | None) -> int:

@@ -7,7 +7,8 @@ with cppuvicorn's ``Server`` and its native core.
 
 Settings mapped onto ``Config``: ``keepalive``, ``timeout`` (the heartbeat, sent from the event
 loop, so a worker whose loop is blocked stops notifying and gets replaced), ``max_requests``
-(jitter included), ``forwarded_allow_ips``, the SSL options and ``backlog``. Subclasses adjust
+(jitter included), ``forwarded_allow_ips``, the SSL options, ``backlog`` and
+``access_log_format`` (when given: Gunicorn's atoms, with the response's duration and size). Subclasses adjust
 the rest with ``CONFIG_KWARGS``.
 
 Signals: SIGTERM graceful shutdown and SIGINT (both handled by ``Server``), SIGQUIT quick exit
@@ -68,6 +69,9 @@ class CppUvicornWorker(Worker):
                 ssl_ca_certs=ssl.get("ca_certs"),
                 ssl_ciphers=ssl.get("ciphers"),
             )
+        access_format = cfg.settings["access_log_format"]
+        if access_format.value != access_format.default:  # gunicorn --access-logformat, given
+            kwargs["access_log_format"] = access_format.value
         if cfg.settings["backlog"].value:
             kwargs["backlog"] = cfg.settings["backlog"].value
         kwargs.update(self.CONFIG_KWARGS)

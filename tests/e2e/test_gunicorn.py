@@ -90,6 +90,16 @@ def test_serves_requests_with_two_workers(gunicorn):
     assert len(others) == 1 and blocker not in others
 
 
+def test_access_logformat_uses_gunicorn_atoms(gunicorn):
+    """gunicorn --access-logformat: the line is the format, with the response's size and duration."""
+    srv = gunicorn("--access-logfile", "-", "--access-logformat", '%(h)s "%(r)s" %(s)s %(B)s %(D)sus "%(a)s"',
+                   workers=1)
+    r = request(srv, "GET", "/items/7?q=y", headers=[("User-Agent", "probe/2")])
+    assert r.status == 200
+    m = srv.wait_for_line(r'^127\.0\.0\.1 "GET /items/7\?q=y HTTP/1\.1" 200 (\d+) (\d+)us "probe/2"$', stream="stdout")
+    assert int(m.group(1)) == len(r.body) and int(m.group(2)) > 0
+
+
 def test_max_requests_replaces_workers_without_failures(gunicorn):
     """Sequential requests, a fresh connection each, none lost while workers are replaced.
 
