@@ -293,7 +293,34 @@ PyObject* BridgeServer::client_tuple(const core::PeerAddress& peer) {
     return t;
 }
 
+void BridgeServer::on_connection_opened(core::HttpConnection& conn) noexcept {
+    if (options_.trace_connections) trace_connection(conn, "HTTP connection made");
+}
+
+void BridgeServer::trace_connection(core::HttpConnection& conn, const char* what) {
+    // Uvicorn: "%s:%d - " % client (nothing on a UNIX socket), then the event.
+    const core::PeerAddress& peer = conn.peer();
+    std::string line =
+        peer.unix_socket ? std::string() : peer.host + ":" + std::to_string(peer.port) + " - ";
+    line += what;
+    PyObject* msg = PyUnicode_FromStringAndSize(line.data(), static_cast<Py_ssize_t>(line.size()));
+    PyObject* level = PyLong_FromLong(5);  // TRACE
+    PyObject* r = nullptr;
+    if (msg != nullptr && level != nullptr) {
+        PyObject* args[] = {error_log_, level, msg};
+        r = PyObject_VectorcallMethod(n::log, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+    }
+    if (r == nullptr) PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(msg);
+    Py_XDECREF(level);
+}
+
 void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {
+    if (options_.trace_connections) {
+        trace_connection(conn, conn.websocket() != nullptr ? "WebSocket connection lost"
+                                                           : "HTTP connection lost");
+    }
     auto* d = static_cast<ConnData*>(std::exchange(conn.user_data, nullptr));
     if (d == nullptr) return;
     d->conn = nullptr;

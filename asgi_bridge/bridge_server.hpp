@@ -32,6 +32,8 @@ struct BridgeOptions {
     // access_log(scope, status, response_headers, body_bytes, duration_ns), instead of at its
     // start with Uvicorn's five arguments.
     bool access_log_timed = false;
+    // The error logger's own level is TRACE: log "HTTP connection made/lost" as Uvicorn does.
+    bool trace_connections = false;
     std::shared_ptr<const core::TlsContext> tls;  // TLS on every listener, or null
     // --proxy-headers: X-Forwarded-* from peers in --forwarded-allow-ips rewrite scheme/client.
     bool proxy_headers = false;
@@ -83,6 +85,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void log_access_done(PyObject* scope, int status, PyObject* headers, std::uint64_t body_bytes,
                          std::uint64_t start_ns);
     static std::uint64_t now_ns();
+    // Uvicorn's "<client> - HTTP connection made" style lines, at TRACE (with trace_connections).
+    void trace_connection(core::HttpConnection& conn, const char* what);
     void log_error(PyObject* level, const char* message);
     void report_python_error(const char* where);  // logs or stashes the current Python error
     void on_task_started(HttpCycle* c);
@@ -97,6 +101,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
                            std::string_view detail) noexcept override;
     void on_timeout(core::HttpConnection& conn, int status,
                     std::string_view detail) noexcept override;
+    void on_connection_opened(core::HttpConnection& conn) noexcept override;
     void on_connection_closed(core::HttpConnection& conn) noexcept override;
     void on_tls_error(core::HttpConnection& conn, std::string_view detail,
                       bool in_handshake) noexcept override;

@@ -37,7 +37,7 @@ std::unique_ptr<BridgeServer> make_server(
     std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
     bool forwarded_allow_all, std::shared_ptr<TlsContext> tls, double timeout_request_head,
     double timeout_body_read, std::uint64_t limit_request_body, int metrics_fd,
-    std::size_t metrics_slot, bool access_log_timed) {
+    std::size_t metrics_slot, bool access_log_timed, bool trace) {
     BridgeOptions opts;
     if (metrics_fd >= 0) {
         // Under the supervisor with --metrics-port: count into our slot of its shared region.
@@ -61,6 +61,7 @@ std::unique_ptr<BridgeServer> make_server(
     opts.core.backlog = backlog;
     opts.ws = ws;
     opts.access_log_timed = access_log_timed;
+    opts.trace_connections = trace;
     opts.core.ws_max_size = ws_max_size;
     opts.core.ws_max_queue = ws_max_queue;
     opts.core.ws_ping_interval = ws_ping_interval.value_or(0.0);  // None: no keepalive pings
@@ -179,7 +180,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("tls") = nullptr, py::arg("timeout_request_head") = 10.0,
              py::arg("timeout_body_read") = 30.0, py::arg("limit_request_body") = 0,
              py::arg("metrics_fd") = -1, py::arg("metrics_slot") = 0,
-             py::arg("access_log_timed") = false)
+             py::arg("access_log_timed") = false, py::arg("trace") = false)
         .def(
             "listen_tcp",
             [](BridgeServer& s, const std::string& host, int port, int backlog) {

@@ -47,6 +47,7 @@ extern PyObject* set_result;
 extern PyObject* done;
 extern PyObject* cancel;
 extern PyObject* warning;
+extern PyObject* log;
 extern PyObject* error;
 extern PyObject* debug;
 extern PyObject* loop;

@@ -222,6 +222,7 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
     std::string_view query;
     split_target(head.target, raw_path, query);
 
+    // Keys in the order of Uvicorn's scope (its trace log prints the dict as it is).
     PyObject* scope = PyDict_New();
     if (scope == nullptr) return nullptr;
     bool ok =
@@ -231,10 +232,13 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
         PyDict_SetItem(scope, n::server, in.server) == 0 &&
         PyDict_SetItem(scope, n::client, in.client) == 0 &&
         PyDict_SetItem(scope, n::scheme, in.scheme) == 0 &&
-        set_item(scope, n::method,
-                 n::method_str(head.method.data(), static_cast<Py_ssize_t>(head.method.size()))) &&
         PyDict_SetItem(scope, n::root_path, in.root_path) == 0 &&
-        set_item(scope, n::path, build_path(in.root_path_bytes, raw_path));
+        set_item(scope, n::headers, build_headers(head));
+    if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
+    ok = ok &&
+         set_item(scope, n::method,
+                  n::method_str(head.method.data(), static_cast<Py_ssize_t>(head.method.size()))) &&
+         set_item(scope, n::path, build_path(in.root_path_bytes, raw_path));
     if (ok) {
         PyObject* raw = nullptr;
         if (in.root_path_bytes.empty()) {
@@ -247,10 +251,8 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
         ok = set_item(scope, n::raw_path, raw) &&
              set_item(scope, n::query_string,
                       query.empty() ? Py_NewRef(n::empty_bytes)
-                                    : PyBytes_FromStringAndSize(query.data(), query.size())) &&
-             set_item(scope, n::headers, build_headers(head));
+                                    : PyBytes_FromStringAndSize(query.data(), query.size()));
     }
-    if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
     if (ok && in.tls != nullptr) {
         // Uvicorn's HTTP scopes have no "extensions"; with TLS there is {"tls": ...}, the
         // connection's dict, built once.

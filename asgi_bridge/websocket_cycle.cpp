@@ -1106,6 +1106,10 @@ PyObject* build_ws_scope(const core::RequestHead& head, const ScopeInputs& in) {
 core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
                                                    const core::RequestHead& head) noexcept {
     if (!options_.ws) return nullptr;  // on_request serves it and logs the warnings
+    if (options_.trace_connections) {
+        trace_connection(conn, "Upgrading to WebSocket");
+        trace_connection(conn, "WebSocket connection made");
+    }
     // Limit-concurrency does not apply to upgrades (Uvicorn returns before the check).
     ConnData& cd = conn_data(conn);
     if (ws_asgi_template_ == nullptr) {

@@ -95,6 +95,7 @@ void TcpConnection::start() {
                                              std::move(local));
     server_.add(this);
     if (metrics_ != nullptr) metrics_->add(kConnectionsOpened);
+    server_.context().events.on_connection_opened(*http_);
     if (const TlsContext* tls = server_.tls_context()) {
         tls_ = std::make_unique<TlsSession>(*tls);
         if (tls_->failed()) {  // out of memory: nothing was said yet, just hang up

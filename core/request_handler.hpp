@@ -106,6 +106,8 @@ class ConnectionEvents {
         (void)status;
         (void)detail;
     }
+    // A connection was accepted (before anything is read from it): for the trace log.
+    virtual void on_connection_opened(HttpConnection& conn) noexcept { (void)conn; }
     // The connection is closed; its user data (if any) may be dropped now.
     virtual void on_connection_closed(HttpConnection& conn) noexcept = 0;
     // A request asks to upgrade to WebSocket (its last Upgrade header is "websocket" and its

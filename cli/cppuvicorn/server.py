@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from cppuvicorn.config import DEFAULT_MAX_HEAD_SIZE, STARTUP_FAILURE, Config
-from cppuvicorn.logging import ansi_style
+from cppuvicorn.logging import TRACE_LOG_LEVEL, ansi_style
 
 HANDLED_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 if sys.platform == "win32":
@@ -190,6 +190,7 @@ class Server:
             limit_concurrency=config.limit_concurrency,
             access_log=self._access_log(),
             access_log_timed=config.access_log_format is not None,
+            trace=logger.isEnabledFor(TRACE_LOG_LEVEL),
             error_log=logger,
             max_head_size=DEFAULT_MAX_HEAD_SIZE if max_head_size is None else max_head_size,
             scheme="https" if config.ssl else "http",
