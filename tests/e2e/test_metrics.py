@@ -337,3 +337,21 @@ def test_env_var_and_rolling_restart(cppuvicorn_servers):
     assert m["cppuvicorn_worker_blocked_kills_total"] == 0
     assert requests_by_class(m)["2xx"] == 3
     assert_consistent(m)
+
+
+def test_metrics_host_binds_the_given_address(cppuvicorn_servers):
+    """--metrics-host: the endpoint listens there (here 127.0.0.2, also loopback), not on 127.0.0.1."""
+    srv = cppuvicorn_servers.spawn(APP, "--workers", "1", "--metrics-port", "0", "--metrics-host", "127.0.0.2",
+                                   "--no-access-log")
+    port = int(srv.wait_for_line(r"^INFO:     Prometheus metrics on http://127\.0\.0\.2:(\d+)/metrics$",
+                                 stream="stderr").group(1))
+    wait_workers(srv, 1)
+    with socket.create_connection(("127.0.0.2", port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        refused = False
+    except ConnectionRefusedError:
+        refused = True
+    assert refused
