@@ -100,7 +100,9 @@ BridgeServer::~BridgeServer() {
                         stashed_tb_,
                         server_tuple_,
                         client_host_,
-                        run_asgi_ws_,
+                        ws_task_done_,
+                        await_ws_,
+                        callback_context_,
                         ws_asgi_template_,
                         ws_scheme_}) {
         Py_XDECREF(o);

@@ -113,10 +113,11 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // ---- WebSocket sessions (defined in websocket_cycle.cpp) ----
     core::WebSocketHandler* on_websocket(core::HttpConnection& conn,
                                          const core::RequestHead& head) noexcept override;
-    void set_run_asgi_ws(PyObject* run_asgi_ws);  // borrowed; a reference is kept
-    // The session's Task running run_asgi_ws(app, scope, receive, send): new reference or
-    // nullptr with the error reported.
+    // The session's Task running app(scope, receive, send), watched by ws_task_done: new
+    // reference, or nullptr once the failure is logged (the caller then finishes the session).
     PyObject* start_ws_task(PyObject* scope, PyObject* receive, PyObject* send);
+    // send._task_done(task): the session's Task ended; Uvicorn's run_asgi policy in Python.
+    void ws_task_done(PyObject* send, PyObject* outcome);
     void on_ws_task_started(WsCycle* c);
     void on_ws_task_finished(WsCycle* c);
     PyObject* error_logger() const { return error_log_; }
@@ -166,7 +167,9 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     LiveList<HttpCycle, CycleLinks, http_cycle_links> live_;  // tasks still running
     LiveList<WsCycle, WsCycleLinks, ws_cycle_links> live_ws_;
-    PyObject* run_asgi_ws_ = nullptr;
+    PyObject* ws_task_done_ = nullptr;      // cppuvicorn._asgi.ws_task_done
+    PyObject* await_ws_ = nullptr;          // cppuvicorn._asgi.await_ws
+    PyObject* callback_context_ = nullptr;  // one Context for every session's done callback
     PyObject* ws_asgi_template_ = nullptr;  // {"version": "3.0", "spec_version": "2.4"}
     PyObject* ws_scheme_ = nullptr;         // "ws" / "wss"
     // Shared scope values (see server_tuple / client_tuple): the last ones made.

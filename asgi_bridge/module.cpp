@@ -33,11 +33,11 @@ std::unique_ptr<BridgeServer> make_server(
     std::optional<long> limit_concurrency, py::object access_log, py::object error_log,
     std::size_t max_head_size, std::string scheme, int backlog, bool ws, std::uint64_t ws_max_size,
     std::size_t ws_max_queue, std::optional<double> ws_ping_interval,
-    std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, py::object run_asgi_ws,
-    std::string asgi_version, std::optional<std::vector<std::string>> forwarded_allow_ips,
-    bool forwarded_allow_all, std::shared_ptr<TlsContext> tls, double timeout_request_head,
-    double timeout_body_read, std::uint64_t limit_request_body, int metrics_fd,
-    std::size_t metrics_slot, bool access_log_timed, bool trace) {
+    std::optional<double> ws_ping_timeout, bool ws_per_message_deflate, std::string asgi_version,
+    std::optional<std::vector<std::string>> forwarded_allow_ips, bool forwarded_allow_all,
+    std::shared_ptr<TlsContext> tls, double timeout_request_head, double timeout_body_read,
+    std::uint64_t limit_request_body, int metrics_fd, std::size_t metrics_slot,
+    bool access_log_timed, bool trace) {
     BridgeOptions opts;
     if (metrics_fd >= 0) {
         // Under the supervisor with --metrics-port: count into our slot of its shared region.
@@ -87,8 +87,6 @@ std::unique_ptr<BridgeServer> make_server(
         server->core().status_lines().set_reason(s.attr("value").cast<int>(),
                                                  s.attr("phrase").cast<std::string>());
     }
-    // None: cppuvicorn._asgi.run_asgi_ws, imported at the first session.
-    if (!run_asgi_ws.is_none()) server->set_run_asgi_ws(run_asgi_ws.ptr());
     // A callback still queued in asyncio when the server is freed must not touch it.
     BridgeServer* raw = server.get();
     std::shared_ptr<bool> alive = raw->alive_token();
@@ -175,12 +173,12 @@ PYBIND11_MODULE(_core, m) {
              py::arg("backlog") = 2048, py::arg("ws") = true, py::arg("ws_max_size") = 16777216,
              py::arg("ws_max_queue") = 32, py::arg("ws_ping_interval") = 20.0,
              py::arg("ws_ping_timeout") = 20.0, py::arg("ws_per_message_deflate") = true,
-             py::arg("run_asgi_ws") = py::none(), py::arg("asgi_version") = "3.0",
-             py::arg("forwarded_allow_ips") = py::none(), py::arg("forwarded_allow_all") = false,
-             py::arg("tls") = nullptr, py::arg("timeout_request_head") = 10.0,
-             py::arg("timeout_body_read") = 30.0, py::arg("limit_request_body") = 0,
-             py::arg("metrics_fd") = -1, py::arg("metrics_slot") = 0,
-             py::arg("access_log_timed") = false, py::arg("trace") = false)
+             py::arg("asgi_version") = "3.0", py::arg("forwarded_allow_ips") = py::none(),
+             py::arg("forwarded_allow_all") = false, py::arg("tls") = nullptr,
+             py::arg("timeout_request_head") = 10.0, py::arg("timeout_body_read") = 30.0,
+             py::arg("limit_request_body") = 0, py::arg("metrics_fd") = -1,
+             py::arg("metrics_slot") = 0, py::arg("access_log_timed") = false,
+             py::arg("trace") = false)
         .def(
             "listen_tcp",
             [](BridgeServer& s, const std::string& host, int port, int backlog) {

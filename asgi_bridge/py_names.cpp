@@ -11,8 +11,8 @@ PyObject *type, *asgi, *version, *spec_version, *http_version, *server, *client,
     *trailers, *extensions, *tls;
 PyObject *http, *https, *v1_0, *v1_1, *v3_0, *http_request, *http_disconnect, *http_response_start,
     *http_response_body, *empty_bytes, *empty_str;
-PyObject *create_future, *set_result, *done, *cancel, *warning, *log, *error, *debug, *loop,
-    *eager_start;
+PyObject *create_future, *set_result, *done, *cancel, *warning, *log, *add_done_callback, *error,
+    *debug, *loop, *eager_start;
 
 namespace {
 
@@ -53,8 +53,9 @@ bool init() {
               intern(http_response_body, "http.response.body") && intern(empty_str, "") &&
               intern(create_future, "create_future") && intern(set_result, "set_result") &&
               intern(done, "done") && intern(cancel, "cancel") && intern(warning, "warning") &&
-              intern(log, "log") && intern(error, "error") && intern(debug, "debug") &&
-              intern(loop, "loop") && intern(eager_start, "eager_start");
+              intern(log, "log") && intern(add_done_callback, "add_done_callback") &&
+              intern(error, "error") && intern(debug, "debug") && intern(loop, "loop") &&
+              intern(eager_start, "eager_start");
     if (!ok) return false;
     empty_bytes = PyBytes_FromStringAndSize("", 0);
     if (empty_bytes == nullptr) return false;

@@ -48,6 +48,7 @@ extern PyObject* done;
 extern PyObject* cancel;
 extern PyObject* warning;
 extern PyObject* log;
+extern PyObject* add_done_callback;
 extern PyObject* error;
 extern PyObject* debug;
 extern PyObject* loop;

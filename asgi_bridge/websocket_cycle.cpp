@@ -265,6 +265,8 @@ class WsHandler final : public core::WebSocketHandler {
     }
 
     WsCycleLinks links;
+    BridgeServer& server() { return server_; }
+    PyObject* task() const { return task_; }
 
   private:
     PyObject* send_connecting(PyObject* type, PyObject* message);
@@ -326,6 +328,12 @@ PyObject* ws_cycle_vectorcall(PyObject* self, PyObject* const* args, size_t narg
         PyErr_SetString(PyExc_TypeError, "send() takes exactly one argument (the message)");
         return nullptr;
     }
+    // The session's Task calls its done callback, which is this object, with the Task itself
+    // (see start_ws_task): no bound method per session.
+    if (args[0] == H(self).task() && args[0] != nullptr) {
+        H(self).server().ws_task_done(self, args[0]);
+        Py_RETURN_NONE;
+    }
     return H(self).send(args[0]);
 }
 
@@ -381,7 +389,7 @@ PyObject* ws_get_handshake_complete(PyObject* self, void*) {
     return PyBool_FromLong(H(self).handshake_complete());
 }
 
-// send.finish(error): run_asgi_ws's `finally`, once the application returned or raised.
+// send.finish(error): once the application returned or raised (from ws_task_done).
 PyObject* ws_finish(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     bool error = nargs > 0 && PyObject_IsTrue(args[0]) == 1;
     H(self).finish(error);
@@ -394,9 +402,10 @@ PyGetSetDef ws_cycle_getset[] = {
 };
 
 PyMethodDef ws_cycle_methods[] = {
+
     {"finish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ws_finish)),
      METH_FASTCALL,
-     "The session's task is done (called by run_asgi_ws): finish(error) answers a handshake "
+     "The session's task is done (called by ws_task_done): finish(error) answers a handshake "
      "left open with a 500 and an open session with a close frame (1011 on error, else 1000)."},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -952,12 +961,25 @@ class CommonBytes {
         int j = i < 0 ? -1 : find(value);
         PyObject** slot = j < 0 ? nullptr : &pairs_[i][j];
         if (slot != nullptr && *slot != nullptr) return Py_NewRef(*slot);
+        // A value that is not in the table but often repeats from client to client (one site's
+        // Host, a browser's User-Agent): the last one's tuple is kept and shared while it
+        // repeats. Never for per-user or per-session values (cookies, credentials, keys).
+        Recent* recent = (slot == nullptr && i >= 0 && kRecent[i] && value.size() <= kMaxRecent)
+                             ? &recent_[i]
+                             : nullptr;
+        if (recent != nullptr && recent->tuple != nullptr && recent->value == value) {
+            return Py_NewRef(recent->tuple);
+        }
         PyObject* n = get(name);
         PyObject* v = get(value);
         PyObject* t = (n != nullptr && v != nullptr) ? PyTuple_Pack(2, n, v) : nullptr;
         Py_XDECREF(n);
         Py_XDECREF(v);
         if (t != nullptr && slot != nullptr) *slot = Py_NewRef(t);  // kept for the process
+        if (t != nullptr && recent != nullptr) {
+            recent->value.assign(value);
+            Py_XSETREF(recent->tuple, Py_NewRef(t));
+        }
         return t;
     }
 
@@ -1002,6 +1024,17 @@ class CommonBytes {
         {"gzip, deflate, br, zstd", nullptr},
     };
     PyObject* pairs_[kCount][kCount] = {};  // created on first use, kept for the process
+
+    // Names (by index above) whose last value is shared while it repeats.
+    static constexpr bool kRecent[kCount] = {true,  false, false, false, true,  true,  true,  true,
+                                             true,  true,  true,  true,  true,  false, false, false,
+                                             false, false, false, false, false, false, false};
+    static constexpr std::size_t kMaxRecent = 512;
+    struct Recent {
+        std::string value;
+        PyObject* tuple = nullptr;
+    };
+    Recent recent_[kCount];
 };
 
 CommonBytes common_bytes;
@@ -1148,32 +1181,79 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
     return handler;
 }
 
-void BridgeServer::set_run_asgi_ws(PyObject* run_asgi_ws) {
-    Py_XSETREF(run_asgi_ws_, Py_NewRef(run_asgi_ws));
-}
-
 PyObject* BridgeServer::start_ws_task(PyObject* scope, PyObject* receive, PyObject* send) {
-    if (run_asgi_ws_ == nullptr) {
+    // The session's Task runs the application's coroutine itself, with no wrapper coroutine
+    // around it (its frame would stay alive, ~260 B, for as long as the session is idle): the
+    // error policy runs in a done callback instead (ws_task_done).
+    if (ws_task_done_ == nullptr) {
         PyObject* mod = PyImport_ImportModule("cppuvicorn._asgi");
         if (mod != nullptr) {
-            run_asgi_ws_ = PyObject_GetAttrString(mod, "run_asgi_ws");
+            ws_task_done_ = PyObject_GetAttrString(mod, "ws_task_done");
+            await_ws_ = ws_task_done_ ? PyObject_GetAttrString(mod, "await_ws") : nullptr;
             Py_DECREF(mod);
         }
-        if (run_asgi_ws_ == nullptr) {
-            report_python_error("importing run_asgi_ws");
+        callback_context_ = await_ws_ ? PyContext_New() : nullptr;
+        if (callback_context_ == nullptr) {
+            Py_CLEAR(ws_task_done_);
+            Py_CLEAR(await_ws_);
+            report_python_error("importing cppuvicorn._asgi");
             return nullptr;
         }
     }
-    PyObject* args[] = {app_, scope, receive, send};
-    PyObject* coro = PyObject_Vectorcall(run_asgi_ws_, args, 4, nullptr);
+    PyObject* args[] = {scope, receive, send};
+    PyObject* coro = PyObject_Vectorcall(app_, args, 3, nullptr);
     if (coro == nullptr) {
-        report_python_error("calling the ASGI application");
+        // The call itself raised (a plain function, say): the same log line and 500.
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != nullptr && value != nullptr) PyException_SetTraceback(value, tb);
+        if (value != nullptr) ws_task_done(send, value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
         return nullptr;
+    }
+    if (!PyCoro_CheckExact(coro)) {
+        // Any other awaitable (or not one at all: then await raises, as in Uvicorn).
+        PyObject* wrapped = PyObject_CallOneArg(await_ws_, coro);
+        Py_SETREF(coro, wrapped);
+        if (coro == nullptr) {
+            report_python_error("calling the ASGI application");
+            return nullptr;
+        }
     }
     PyObject* task = spawn(coro);
     Py_DECREF(coro);
-    if (task == nullptr) report_python_error("starting the ASGI task");
+    if (task == nullptr) {
+        report_python_error("starting the ASGI task");
+        return nullptr;
+    }
+    // The callback is `send` itself (called with the Task, it ends the session: see
+    // ws_cycle_vectorcall), in one shared Context (it reads no context variable): nothing is
+    // allocated per session for it.
+    static PyObject* kwnames = Py_BuildValue("(s)", "context");
+    PyObject* cargs[] = {task, send, callback_context_};
+    PyObject* r = PyObject_VectorcallMethod(n::add_done_callback, cargs,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    if (r == nullptr) {
+        report_python_error("watching the ASGI task");
+        // The task runs on unwatched: cancel it rather than leave the session half-managed.
+        PyObject* c = PyObject_CallMethodNoArgs(task, n::cancel);
+        if (c == nullptr) PyErr_Clear();
+        Py_XDECREF(c);
+        Py_DECREF(task);
+        return nullptr;
+    }
+    Py_DECREF(r);
     return task;
+}
+
+void BridgeServer::ws_task_done(PyObject* send, PyObject* outcome) {
+    PyObject* args[] = {send, outcome};
+    PyObject* r = PyObject_Vectorcall(ws_task_done_, args, 2, nullptr);
+    if (r == nullptr) report_python_error("ending the WebSocket session");
+    Py_XDECREF(r);
 }
 
 void BridgeServer::on_ws_task_started(WsCycle* c) {

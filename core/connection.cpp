@@ -162,16 +162,16 @@ void TcpConnection::flush() {
         // Seal everything corked so far into records (one SSL_write for the whole turn), after
         // whatever the session itself has to send.
         if (!out_.empty() && tls_->handshake_done()) {
-            if (!tls_->seal(out_, wire_)) {
+            if (!tls_->seal(out_, tls_->wire())) {
                 close_now();
                 return;
             }
             out_.clear();
         } else {
-            tls_->take_output(wire_);
+            tls_->take_output(tls_->wire());
         }
     }
-    std::string& pending = tls_ != nullptr ? wire_ : out_;
+    std::string& pending = tls_ != nullptr ? tls_->wire() : out_;
     if (!pending.empty()) {
         uv_buf_t buf = uv_buf_init(pending.data(), static_cast<unsigned>(pending.size()));
         int n = uv_try_write(stream(), &buf, 1);
@@ -276,7 +276,7 @@ void TcpConnection::resume_reading() {
 
 void TcpConnection::close(bool now) {
     if (closing_) return;
-    if (!now && (writing_ || !out_.empty() || !wire_.empty())) {
+    if (!now && (writing_ || !out_.empty() || (tls_ != nullptr && !tls_->wire().empty()))) {
         close_after_flush_ = true;
         pause_reading();
         if (!writing_) flush();
@@ -310,13 +310,14 @@ void TcpConnection::close_now() {
 void TcpConnection::send_tls_goodbye() {
     // Best effort, as the socket is being shut down: close_notify after a completed handshake,
     // or the alert that explains a failed one. Nothing is queued behind it, so it fits.
-    wire_.clear();
+    std::string& wire = tls_->wire();
+    wire.clear();
     tls_->shutdown();
-    tls_->take_output(wire_);
-    if (wire_.empty()) return;
-    uv_buf_t buf = uv_buf_init(wire_.data(), static_cast<unsigned>(wire_.size()));
+    tls_->take_output(wire);
+    if (wire.empty()) return;
+    uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned>(wire.size()));
     uv_try_write(stream(), &buf, 1);
-    wire_.clear();
+    wire.clear();
 }
 
 void TcpConnection::on_uv_shutdown(uv_shutdown_t* req, int) noexcept {

@@ -38,7 +38,9 @@ class TcpConnection final : public Transport {
     void flush() override;
     void schedule_flush() override;
     void write_direct(std::string_view data) override;
-    std::size_t buffered() const override { return out_.size() + wire_.size() + inflight_.size(); }
+    std::size_t buffered() const override {
+        return out_.size() + (tls_ != nullptr ? tls_->wire().size() : 0) + inflight_.size();
+    }
     void pause_reading() override;
     void resume_reading() override;
     void close(bool now) override;
@@ -87,7 +89,6 @@ class TcpConnection final : public Transport {
     std::unique_ptr<Request> req_;
     std::string out_;       // corked output not yet handed to the kernel
     std::string inflight_;  // owned by the pending uv_write
-    std::string wire_;      // with TLS: sealed records not yet handed to the kernel
     static constexpr std::size_t kKeepInflightBytes = 65536;
     bool unix_socket_;
     bool writing_ = false;

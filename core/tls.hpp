@@ -72,6 +72,10 @@ class TlsSession {
     bool seal(std::string_view plaintext, std::string& wire);
     // Appends whatever the session has to send (handshake, tickets, alerts) to `wire`.
     void take_output(std::string& wire);
+    // Sealed records not yet handed to the kernel (the connection's, kept here so that plain
+    // TCP connections do not carry the buffer).
+    std::string& wire() { return wire_; }
+    const std::string& wire() const { return wire_; }
     bool has_output() const;
     // Queues close_notify (after a completed handshake, unless the session failed).
     void shutdown();
@@ -95,6 +99,7 @@ class TlsSession {
     void fail();
 
     ssl_st* ssl_ = nullptr;
+    std::string wire_;
     bio_st* in_ = nullptr;   // ciphertext from the peer (owned by ssl_)
     bio_st* out_ = nullptr;  // ciphertext to the peer (owned by ssl_)
     std::string error_;

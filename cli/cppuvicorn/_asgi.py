@@ -1,4 +1,5 @@
-"""run_asgi: the coroutine each request's asyncio Task runs around the application.
+"""run_asgi: the coroutine each request's asyncio Task runs around the application; ws_task_done:
+the same policy for a WebSocket session, as its Task's done callback.
 
 Error policy as Uvicorn's (``protocols/http/httptools_impl.py``): an exception before the
 response started becomes a 500; after it, the connection is closed; either way the traceback
@@ -53,26 +54,41 @@ async def run_asgi(app, scope, receive, send) -> None:
         send.finish()
 
 
-async def run_asgi_ws(app, scope, receive, send) -> None:
-    """The Task around one WebSocket session (Uvicorn's ``websockets_sansio_impl.run_asgi``).
+def ws_task_done(send, outcome) -> None:
+    """The end of one WebSocket session's app call (Uvicorn's ``websockets_sansio_impl.run_asgi``
+    policy). The session's Task runs the app's coroutine directly and calls this when done;
+    ``outcome`` is that Task, or the exception the call raised before any Task existed.
 
     An exception before the handshake was answered becomes a 500 response; after the accept,
     the session is closed with 1011. ``ClientDisconnected`` escaping the app is not an error.
     ``send.finish`` also closes a session the app left open (1000).
     """
-    error = False
-    try:
-        result = await app(scope, receive, send)
-    except ClientDisconnected:
-        pass
-    except BaseException as exc:  # noqa: BLE001 - Uvicorn logs and survives everything here
-        logger.error("Exception in ASGI application\n", exc_info=exc)
-        error = True
+    result = exc = None
+    if isinstance(outcome, BaseException):
+        exc = outcome
+    elif outcome.cancelled():
+        try:
+            outcome.result()
+        except BaseException as cancelled:  # noqa: BLE001 - CancelledError, logged as Uvicorn does
+            exc = cancelled
     else:
-        if not send.handshake_complete:
-            logger.error("ASGI callable returned without completing handshake.")
+        exc = outcome.exception()
+        if exc is None:
+            result = outcome.result()
+    error = False
+    if exc is not None:
+        if not isinstance(exc, ClientDisconnected):
+            logger.error("Exception in ASGI application\n", exc_info=exc)
             error = True
-        elif result is not None:
-            logger.error("ASGI callable should return None, but returned '%s'.", result)
-    finally:
-        send.finish(error)
+    elif not send.handshake_complete:
+        logger.error("ASGI callable returned without completing handshake.")
+        error = True
+    elif result is not None:
+        logger.error("ASGI callable should return None, but returned '%s'.", result)
+    send.finish(error)
+
+
+async def await_ws(awaitable):
+    """A coroutine for an app call that returned another kind of awaitable (or none at all:
+    awaiting it raises TypeError, which ws_task_done logs as Uvicorn would)."""
+    return await awaitable

@@ -174,7 +174,7 @@ class Server:
             sys.exit(STARTUP_FAILURE)
 
         from cppuvicorn import _core
-        from cppuvicorn._asgi import run_asgi, run_asgi_ws
+        from cppuvicorn._asgi import run_asgi
 
         config = self.config
         max_head_size = config.h11_max_incomplete_event_size
@@ -201,7 +201,6 @@ class Server:
             ws_ping_interval=config.ws_ping_interval,
             ws_ping_timeout=config.ws_ping_timeout,
             ws_per_message_deflate=config.ws_per_message_deflate,
-            run_asgi_ws=run_asgi_ws,
             asgi_version=config.asgi_version,
             tls=config.ssl,
             **self._proxy_headers_options(),

@@ -581,6 +581,34 @@ def test_no_accept_is_500(servers, path, log):
     assert logs[-1] == "INFO:     connection rejected (500 Internal Server Error)"
 
 
+@pytest.mark.parametrize("path", ["/raises", "/future", "/task"])
+def test_app_call_that_is_not_a_coroutine(servers, path):
+    """An ASGI 3 app that is a plain function: its call raises (500, logged), returns an
+    iterator (awaiting it raises TypeError: 500), or returns a Future that runs the session."""
+    def run(s):
+        srv = s.get("ws_apps:sync_app", *WS, "--interface", "asgi3", "--lifespan", "off")
+        mark = srv.mark()
+        with RawWS(srv, path) as c:
+            if path == "/task":
+                assert c.read_head().startswith(b"HTTP/1.1 101 ")
+                assert c.read_close() == (4001, "")
+                c.send(frame(8, close_payload(4001)))
+                assert c.closed_by_server()
+                return server_lines(srv, mark)[:2]  # accepted, connection open
+            status, headers, body = c.read_http()
+            assert c.closed_by_server()
+        srv.wait_for_line("connection rejected", after=mark, stream="stderr")
+        assert any(line in ("RuntimeError: sync boom websocket", "TypeError: object generator can't be used in "
+                            "'await' expression", "TypeError: 'coroutine_wrapper' object can't be awaited")
+                   or line.startswith("TypeError: ") for line in srv.log_lines(after=mark)), srv.log_text(mark)
+        return status, body, server_lines(srv, mark)
+
+    result = servers.compare(run)
+    if path != "/task":
+        assert result[:2] == (b"HTTP/1.1 500 Internal Server Error", b"Internal Server Error")
+        assert result[2][0] == "ERROR:    Exception in ASGI application"
+
+
 @pytest.mark.parametrize("status", ["401", "599"])
 def test_denial_response(servers, status):
     def run(s):

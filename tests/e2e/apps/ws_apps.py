@@ -272,3 +272,19 @@ async def starlette_json(websocket):
 
 
 starlette_app = Starlette(routes=[WebSocketRoute("/echo", Echo), WebSocketRoute("/json", starlette_json)])
+
+
+def sync_app(scope, receive, send):
+    """Served with --interface asgi3: a plain function, so the call itself raises (HTTP and
+    lifespan too), or, for /future, returns an awaitable that is not a coroutine."""
+    if scope["type"] == "websocket" and scope["path"] == "/future":
+        return _accept_and_close(receive, send).__await__()  # an iterator: not awaitable
+    if scope["type"] == "websocket" and scope["path"] == "/task":
+        return asyncio.ensure_future(_accept_and_close(receive, send))
+    raise RuntimeError(f"sync boom {scope['type']}")
+
+
+async def _accept_and_close(receive, send):
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 4001})
