@@ -140,6 +140,9 @@ class WsDeflate {
 
     // Compresses a whole message (RFC 7692 §7.2.1: the trailing 00 00 ff ff is removed).
     bool compress(std::string_view message, std::string& out);
+    // A buffer for compress()'s output, kept with the compressor: sessions without
+    // compression do not carry it.
+    std::string& scratch() { return scratch_; }
     // Decompresses a whole message; fails if the result would exceed max_size.
     enum class Inflate : std::uint8_t { kOk, kTooBig, kError };
     Inflate decompress(std::string_view message, std::uint64_t max_size, std::string& out);
@@ -152,6 +155,7 @@ class WsDeflate {
 
   private:
     struct Streams;
+    std::string scratch_;
     std::unique_ptr<Streams> z_;
     DeflateParams params_;
 };

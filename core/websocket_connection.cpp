@@ -502,10 +502,16 @@ void WebSocketConnection::start(const RequestHead& head, WebSocketHandler& handl
         transport_.close(false);
         return;
     }
-    accept_key_ = std::move(hs.accept_key);
+    // The answer's handshake lines, kept only until the 101 goes out.
+    handshake_lines_ = std::make_unique<std::string>("Sec-WebSocket-Accept: ");
+    handshake_lines_->append(hs.accept_key).append("\r\n");
     if (hs.deflate) {
         deflate_ = std::make_unique<WsDeflate>(*hs.deflate);
-        extensions_header_ = std::move(hs.deflate->response);
+        if (!hs.deflate->response.empty()) {
+            handshake_lines_->append("Sec-WebSocket-Extensions: ")
+                .append(hs.deflate->response)
+                .append("\r\n");
+        }
         decoder_.set_allow_rsv1(true);
     }
     state_ = State::kHandshake;
@@ -525,13 +531,8 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
     // The head websockets builds (Upgrade, Connection, Sec-WebSocket-Accept, extensions) with
     // its Date removed, then Uvicorn's default headers, the app's, and the subprotocol.
     std::string& out = transport_.out();
-    out.append(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Accept: ");
-    out.append(accept_key_).append("\r\n");
-    if (!extensions_header_.empty()) {
-        out.append("Sec-WebSocket-Extensions: ").append(extensions_header_).append("\r\n");
-    }
+    out.append("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    if (handshake_lines_ != nullptr) out.append(*handshake_lines_);
     if (ctx_.config.date_header) out.append(ctx_.date.header_line());
     out.append(ctx_.config.default_headers);
     for (const auto& h : headers) {
@@ -543,8 +544,7 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
         out.append("Sec-WebSocket-Protocol: ").append(subprotocol).append("\r\n");
     }
     out.append("\r\n");
-    std::string().swap(accept_key_);  // only needed for the 101
-    std::string().swap(extensions_header_);
+    handshake_lines_.reset();  // only needed for the 101
     state_ = State::kOpen;
     if (MetricsSlot* m = ctx_.config.metrics) {
         m->add(kWebSocketsOpened);
@@ -844,12 +844,13 @@ WriteResult WebSocketConnection::send(bool text, std::string_view data) {
     WsOpcode op = text ? WsOpcode::kText : WsOpcode::kBinary;
     std::string& out = transport_.out();
     if (deflate_ != nullptr) {
-        scratch_.clear();
-        if (!deflate_->compress(data, scratch_)) {
+        std::string& scratch = deflate_->scratch();
+        scratch.clear();
+        if (!deflate_->compress(data, scratch)) {
             fail(ws_close::kInternalError, "", WsCloseCause::kProtocol);
             return WriteResult::kClosed;
         }
-        ws_encode_frame(out, op, scratch_, true, true);
+        ws_encode_frame(out, op, scratch, true, true);
     } else {
         ws_encode_frame(out, op, data);
     }
@@ -940,7 +941,7 @@ void WebSocketConnection::trim_buffers() {
     std::string& out = transport_.out();
     if (out.empty()) std::string().swap(out);
     if (!in_message_) std::string().swap(message_);
-    std::string().swap(scratch_);
+    if (deflate_ != nullptr) std::string().swap(deflate_->scratch());
 }
 
 void WebSocketConnection::on_drained() {

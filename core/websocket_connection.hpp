@@ -114,10 +114,9 @@ class WebSocketConnection {
     WebSocketHandler* handler_ = nullptr;
     WsDecoder decoder_;
     std::unique_ptr<WsDeflate> deflate_;
-    std::string extensions_header_;  // Sec-WebSocket-Extensions answer, if any
-    std::string accept_key_;
+    // "Sec-WebSocket-Accept: …" and the extensions answer, from the handshake to the 101.
+    std::unique_ptr<std::string> handshake_lines_;
     std::string message_;  // the fragmented or decompressed message being assembled
-    std::string scratch_;  // compression output
     State state_ = State::kNew;
     HeaderError header_error_ = HeaderError::kNone;
     // Keepalive and close timers, on Transport::now_ms()'s clock; 0 = not armed.
