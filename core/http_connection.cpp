@@ -48,10 +48,10 @@ void HttpConnection::on_data(std::string_view data) {
         ws_->on_data(data);
         return;
     }
-    if (parser_paused_ || !pending_.empty()) {
+    if (parser_paused_ || !parser_->pending().empty()) {
         // A request is outstanding, or earlier bytes wait for the scheduled process_pending:
         // hold these behind them.
-        pending_.append(data);
+        parser_->pending().append(data);
         update_read_state();
         return;
     }
@@ -63,9 +63,9 @@ void HttpConnection::process_pending() {
         ws_->process_pending();
         return;
     }
-    if (closed_ || parser_paused_ || pending_.empty()) return;
+    if (closed_ || parser_paused_ || parser_->pending().empty()) return;
     std::string data;
-    data.swap(pending_);
+    data.swap(parser_->pending());
     process(data);
 }
 
@@ -87,7 +87,6 @@ void HttpConnection::process(std::string_view data) {
             // Nor is the parser needed again: it and its head buffers go (a few hundred bytes
             // per idle session).
             parser_.reset();
-            std::string().swap(pending_);
             ws_->on_data(data);
             return;
         }
@@ -98,7 +97,7 @@ void HttpConnection::process(std::string_view data) {
             continue;
         }
         parser_paused_ = true;
-        pending_.assign(data);
+        parser_->pending().assign(data);
         break;
     }
     in_process_ = false;
@@ -318,7 +317,8 @@ void HttpConnection::arm_deadline(bool head_bytes) {
 
 void HttpConnection::update_read_state() {
     if (closed_) return;
-    bool hold = body_paused_ || (parser_paused_ && pending_.size() >= ctx_.config.read_high_water);
+    bool hold = body_paused_ || (parser_paused_ && parser_ != nullptr &&
+                                 parser_->pending().size() >= ctx_.config.read_high_water);
     if (hold) {
         transport_.pause_reading();
     } else {
@@ -382,7 +382,7 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
             if (!closed_) {
                 parser_paused_ = false;
                 parser_->resume();
-                if (!pending_.empty()) {
+                if (!parser_->pending().empty()) {
                     transport_.schedule_resume();
                 } else {
                     arm_deadline();

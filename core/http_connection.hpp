@@ -111,7 +111,6 @@ class HttpConnection final : private ParserSink {
     std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
     RequestInfo request_;
     ResponseState response_;
-    std::string pending_;  // unparsed bytes waiting behind the current request
     std::uint64_t deadline_ms_ = 0;
     std::uint64_t head_deadline_ms_ = 0;  // end of --timeout-request-head for the head being read
     HeaderError header_error_ = HeaderError::kNone;

@@ -69,7 +69,12 @@ class HttpParser {
     // True while inside the head of a message (for the head timeout).
     bool in_head() const { return in_message_ && !head_done_; }
 
+    // Unparsed bytes waiting behind the current request (the connection's, kept with the
+    // parser: it goes at a WebSocket upgrade, and with it this buffer).
+    std::string& pending() { return pending_; }
+
   private:
+    std::string pending_;
     template <auto Member, class... Args>
     friend int parser_thunk(llhttp_t* p, Args... args) noexcept;
     friend struct ParserSettings;
