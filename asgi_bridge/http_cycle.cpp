@@ -5,8 +5,12 @@
 #include "asgi_bridge/py_names.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <new>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -197,6 +201,8 @@ class CycleHandler final : public core::RequestHandler {
     void wake_sender();
     PyObject* send_start(PyObject* message);
     PyObject* send_body(PyObject* message);
+    PyObject* send_path(PyObject* message);
+    PyObject* body_sent(core::WriteResult r, bool more);
     void log_done() {
         access_logged_ = true;
         if (scope_ != nullptr) {
@@ -499,6 +505,9 @@ PyObject* CycleHandler::send(PyObject* message) {
     } else if (!response_complete_) {
         if (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_body) == 0) {
             result = send_body(message);
+        } else if (PyUnicode_Check(type) &&
+                   PyUnicode_Compare(type, n::http_response_pathsend) == 0) {
+            result = send_path(message);
         } else {
             runtime_error("Expected ASGI message 'http.response.body', but got '%S'.", type);
         }
@@ -622,6 +631,10 @@ PyObject* CycleHandler::send_body(PyObject* message) {
         default:
             break;
     }
+    return body_sent(r, more != 0);
+}
+
+PyObject* CycleHandler::body_sent(core::WriteResult r, bool more) {
     if (!more) {
         response_complete_ = true;
         if (server_.access_log_timed()) log_done();
@@ -633,6 +646,53 @@ PyObject* CycleHandler::send_body(PyObject* message) {
         return Py_XNewRef(send_waiter_);
     }
     return Py_NewRef(reinterpret_cast<PyObject*>(ready_none));
+}
+
+// http.response.pathsend (ASGI "Path Send" extension): the body is the file at `path`, sent
+// by the core with sendfile(2). The file is opened here, so a missing or unreadable file is
+// the app's OSError, as reading it itself would have been.
+PyObject* CycleHandler::send_path(PyObject* message) {
+    PyObject* path = message_get(message, n::path);
+    if (path == nullptr) return nullptr;
+    PyObject* encoded = nullptr;
+    if (PyUnicode_FSConverter(path, &encoded) == 0) {
+        Py_DECREF(path);
+        return nullptr;
+    }
+    int fd = ::open(PyBytes_AS_STRING(encoded), O_RDONLY | O_CLOEXEC);
+    Py_DECREF(encoded);
+    struct stat st {};
+    int err = 0;
+    if (fd < 0 || ::fstat(fd, &st) != 0) {
+        err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+        err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;  // sendfile needs a regular file
+    }
+    if (err != 0) {
+        if (fd >= 0) ::close(fd);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        Py_DECREF(path);
+        return nullptr;
+    }
+    Py_DECREF(path);
+    auto size = static_cast<std::uint64_t>(st.st_size);
+    core::WriteResult r = core::WriteResult::kClosed;
+    if (conn_ != nullptr) {
+        r = conn_->send_file(fd, size);  // owns fd now
+    } else {
+        ::close(fd);
+    }
+    switch (r) {
+        case core::WriteResult::kTooLong:
+            return runtime_error("Response content longer than Content-Length", nullptr);
+        case core::WriteResult::kTooShort:
+            return runtime_error("Response content shorter than Content-Length", nullptr);
+        default:
+            break;
+    }
+    body_bytes_ += size;
+    return body_sent(r, false);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ PyObject *type, *asgi, *version, *spec_version, *http_version, *server, *client,
     *root_path, *path, *raw_path, *query_string, *headers, *state, *status, *body, *more_body,
     *trailers, *extensions, *tls;
 PyObject *http, *https, *v1_0, *v1_1, *v3_0, *http_request, *http_disconnect, *http_response_start,
-    *http_response_body, *empty_bytes, *empty_str;
+    *http_response_body, *http_response_pathsend, *empty_bytes, *empty_str;
 PyObject *create_future, *set_result, *done, *cancel, *warning, *log, *add_done_callback, *error,
     *debug, *loop, *eager_start;
 
@@ -50,7 +50,8 @@ bool init() {
               intern(v1_0, "1.0") && intern(v1_1, "1.1") && intern(v3_0, "3.0") &&
               intern(http_request, "http.request") && intern(http_disconnect, "http.disconnect") &&
               intern(http_response_start, "http.response.start") &&
-              intern(http_response_body, "http.response.body") && intern(empty_str, "") &&
+              intern(http_response_body, "http.response.body") &&
+              intern(http_response_pathsend, "http.response.pathsend") && intern(empty_str, "") &&
               intern(create_future, "create_future") && intern(set_result, "set_result") &&
               intern(done, "done") && intern(cancel, "cancel") && intern(warning, "warning") &&
               intern(log, "log") && intern(add_done_callback, "add_done_callback") &&

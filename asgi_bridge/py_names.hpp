@@ -39,6 +39,7 @@ extern PyObject* http_request;
 extern PyObject* http_disconnect;
 extern PyObject* http_response_start;
 extern PyObject* http_response_body;
+extern PyObject* http_response_pathsend;
 extern PyObject* empty_bytes;
 extern PyObject* empty_str;
 // Method names.

@@ -253,11 +253,15 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
                       query.empty() ? Py_NewRef(n::empty_bytes)
                                     : PyBytes_FromStringAndSize(query.data(), query.size()));
     }
-    if (ok && in.tls != nullptr) {
-        // Uvicorn's HTTP scopes have no "extensions"; with TLS there is {"tls": ...}, the
-        // connection's dict, built once.
+    if (ok) {
+        // {"http.response.pathsend": {}} (the app may answer with a file path: sendfile), and
+        // with TLS {"tls": ...}, the connection's dict, built once. Uvicorn has neither.
         PyObject* extensions = PyDict_New();
-        ok = extensions != nullptr && PyDict_SetItem(extensions, n::tls, in.tls) == 0;
+        PyObject* pathsend = PyDict_New();
+        ok = extensions != nullptr && pathsend != nullptr &&
+             PyDict_SetItem(extensions, n::http_response_pathsend, pathsend) == 0 &&
+             (in.tls == nullptr || PyDict_SetItem(extensions, n::tls, in.tls) == 0);
+        Py_XDECREF(pathsend);
         ok = ok && set_item(scope, n::extensions, extensions);
         if (!ok) Py_XDECREF(extensions);
     }

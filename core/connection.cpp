@@ -4,7 +4,9 @@
 #include "core/metrics.hpp"
 #include "core/server.hpp"
 
+#include <cerrno>
 #include <new>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 namespace cppuvicorn::core {
@@ -227,6 +229,26 @@ void TcpConnection::write_direct(std::string_view data) {
     } else {
         out_.assign(data.substr(written - out_.size()));
     }
+}
+
+std::int64_t TcpConnection::send_file(int fd, std::uint64_t offset, std::size_t len) {
+    if (closing_) return 0;
+    if (tls_ != nullptr || writing_ || !out_.empty()) return -1;  // TLS must seal: copy instead
+    uv_os_fd_t sock = -1;
+    if (uv_fileno(handle(), &sock) != 0) return -1;
+    auto off = static_cast<off_t>(offset);
+    ssize_t n;
+    do {
+        n = ::sendfile(sock, fd, &off, len);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        if (errno == EINVAL || errno == ENOSYS) return -1;  // not sendfile-able: copy
+        close_now();
+        return 0;
+    }
+    if (metrics_ != nullptr) metrics_->add(kBytesSent, static_cast<std::uint64_t>(n));
+    return n;
 }
 
 void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {

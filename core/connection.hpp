@@ -38,6 +38,7 @@ class TcpConnection final : public Transport {
     void flush() override;
     void schedule_flush() override;
     void write_direct(std::string_view data) override;
+    std::int64_t send_file(int fd, std::uint64_t offset, std::size_t len) override;
     std::size_t buffered() const override {
         return out_.size() + (tls_ != nullptr ? tls_->wire().size() : 0) + inflight_.size();
     }

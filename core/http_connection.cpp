@@ -3,7 +3,11 @@
 
 #include "core/metrics.hpp"
 
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <unistd.h>
 #include <utility>
 
 namespace cppuvicorn::core {
@@ -166,6 +170,7 @@ void HttpConnection::on_eof() {
 void HttpConnection::on_closed() {
     closed_ = true;
     deadline_ms_ = 0;
+    file_.reset();  // a file body cut short: close it
     if (metered_) meter_request_end();
     if (RequestHandler* h = std::exchange(handler_, nullptr)) {
         if (!response_complete_) h->on_disconnect();
@@ -217,6 +222,10 @@ void HttpConnection::on_drained() {
     if (ws_) {
         ws_->on_drained();
         return;
+    }
+    if (file_ != nullptr) {
+        if (!pumping_file_) pump_file();
+        return;  // the handler waits for the whole file (end_file wakes it)
     }
     if (waiting_writable_ && handler_ != nullptr) {
         waiting_writable_ = false;
@@ -361,6 +370,7 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
         }
         response_.remaining -= data.size();
     }
+    if (file_ != nullptr) return WriteResult::kFinished;  // the body is a file being sent
     std::string& out = transport_.out();
     if (response_.framing == Framing::kContentLength && data.size() >= kDirectWriteMin) {
         transport_.write_direct(data);  // headers (if still queued) and body in one writev
@@ -377,25 +387,7 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
         transport_.schedule_flush();
     }
     if (response_complete_ && !in_process_) {
-        if (message_complete_ || !keep_alive_) {
-            finish_request();
-            if (!closed_) {
-                parser_paused_ = false;
-                parser_->resume();
-                if (!parser_->pending().empty()) {
-                    transport_.schedule_resume();
-                } else {
-                    arm_deadline();
-                }
-                update_read_state();
-            }
-        } else {
-            // The app answered without reading the whole body: read on and discard it (under
-            // the body read timeout).
-            body_paused_ = false;
-            arm_deadline();
-            update_read_state();
-        }
+        after_response_complete();
         return WriteResult::kOk;
     }
     if (transport_.buffered() >= ctx_.config.write_high_water) {
@@ -403,6 +395,142 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
         return WriteResult::kWait;
     }
     return WriteResult::kOk;
+}
+
+void HttpConnection::after_response_complete() {
+    if (message_complete_ || !keep_alive_) {
+        finish_request();
+        if (!closed_) {
+            parser_paused_ = false;
+            parser_->resume();
+            if (!parser_->pending().empty()) {
+                transport_.schedule_resume();
+            } else {
+                arm_deadline();
+            }
+            update_read_state();
+        }
+    } else {
+        // The app answered without reading the whole body: read on and discard it (under
+        // the body read timeout).
+        body_paused_ = false;
+        arm_deadline();
+        update_read_state();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File bodies (ASGI http.response.pathsend)
+
+struct HttpConnection::FileBody {
+    int fd;
+    std::uint64_t offset = 0;
+    std::uint64_t remaining;
+    bool chunked;  // one chunk: its size line went out before the file, its CRLF goes after
+    FileBody(int f, std::uint64_t size, bool c) : fd(f), remaining(size), chunked(c) {}
+    ~FileBody() { ::close(fd); }
+    FileBody(const FileBody&) = delete;
+    FileBody& operator=(const FileBody&) = delete;
+};
+
+HttpConnection::~HttpConnection() = default;
+
+WriteResult HttpConnection::send_file(int fd, std::uint64_t size) {
+    auto file = std::make_unique<FileBody>(fd, size, response_.framing == Framing::kChunked);
+    if (closed_) return WriteResult::kClosed;
+    if (!response_started_) return WriteResult::kNotStarted;
+    if (response_complete_ || file_ != nullptr) return WriteResult::kFinished;
+    if (response_.framing == Framing::kContentLength) {
+        if (size > response_.remaining) return WriteResult::kTooLong;
+        if (size < response_.remaining) return WriteResult::kTooShort;
+        response_.remaining = 0;
+    }
+    if (response_.framing == Framing::kNoBody || size == 0) {
+        write_body_end(transport_.out(), response_);  // HEAD, 204, 304, or an empty file
+        response_complete_ = true;
+        if (!in_process_) {
+            transport_.schedule_flush();
+            after_response_complete();
+        }
+        return WriteResult::kOk;
+    }
+    if (file->chunked) {
+        char line[24];
+        auto r = std::to_chars(line, line + sizeof line, size, 16);
+        transport_.out().append(line, r.ptr).append("\r\n", 2);
+    }
+    file_ = std::move(file);
+    pump_file();
+    if (closed_) return WriteResult::kClosed;
+    if (file_ == nullptr) return WriteResult::kOk;  // all of it went at once
+    waiting_writable_ = true;
+    return WriteResult::kWait;
+}
+
+void HttpConnection::pump_file() {
+    // Loop: let what is queued before the file go; then sendfile as much as the socket takes;
+    // when it takes nothing (or the transport cannot sendfile: TLS), copy one chunk through
+    // the normal write path, whose completion (on_drained) brings us back here.
+    constexpr std::size_t kSendChunk = std::size_t{1} << 22;
+    constexpr std::size_t kCopyChunk = std::size_t{1} << 16;
+    pumping_file_ = true;
+    while (file_ != nullptr && !closed_) {
+        if (file_->remaining == 0) {
+            end_file(true);
+            break;
+        }
+        if (!transport_.out().empty()) transport_.flush();
+        if (closed_ || file_ == nullptr) break;
+        if (transport_.buffered() > 0) break;  // resumed from on_drained
+        std::size_t want =
+            static_cast<std::size_t>(std::min<std::uint64_t>(file_->remaining, kSendChunk));
+        std::int64_t sent = transport_.send_file(file_->fd, file_->offset, want);
+        if (sent > 0) {
+            file_->offset += static_cast<std::uint64_t>(sent);
+            file_->remaining -= static_cast<std::uint64_t>(sent);
+            continue;
+        }
+        if (closed_) break;
+        // The socket is full, or no sendfile here: one copied chunk, then wait for it.
+        want = static_cast<std::size_t>(std::min<std::uint64_t>(file_->remaining, kCopyChunk));
+        std::string& out = transport_.out();
+        std::size_t old = out.size();
+        out.resize(old + want);
+        ssize_t got;
+        do {
+            got = ::pread(file_->fd, out.data() + old, want, static_cast<off_t>(file_->offset));
+        } while (got < 0 && errno == EINTR);
+        if (got <= 0) {
+            // The file shrank or cannot be read: the promised body cannot be delivered.
+            out.resize(old);
+            end_file(false);
+            break;
+        }
+        out.resize(old + static_cast<std::size_t>(got));
+        file_->offset += static_cast<std::uint64_t>(got);
+        file_->remaining -= static_cast<std::uint64_t>(got);
+        transport_.flush();
+    }
+    pumping_file_ = false;
+}
+
+void HttpConnection::end_file(bool ok) {
+    bool chunked = file_->chunked;
+    file_.reset();  // closes the file
+    if (!ok) {
+        abort();
+    } else {
+        std::string& out = transport_.out();
+        if (chunked) out.append("\r\n", 2);
+        write_body_end(out, response_);
+        response_complete_ = true;
+        transport_.schedule_flush();
+        if (!in_process_) after_response_complete();
+    }
+    if (waiting_writable_ && handler_ != nullptr) {
+        waiting_writable_ = false;
+        handler_->on_writable();
+    }
 }
 
 void HttpConnection::respond_simple(int status, std::string_view body) {

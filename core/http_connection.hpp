@@ -33,6 +33,7 @@ class HttpConnection final : private ParserSink {
   public:
     HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
                    PeerAddress local);
+    ~HttpConnection();
     HttpConnection(const HttpConnection&) = delete;
     HttpConnection& operator=(const HttpConnection&) = delete;
 
@@ -62,6 +63,12 @@ class HttpConnection final : private ParserSink {
     // Last error detail from start_response (kBadName/kBadValue) for the app's RuntimeError.
     HeaderError last_header_error() const { return header_error_; }
     WriteResult write_body(std::string_view data, bool more);
+    // The whole response body is the regular file `fd` (`size` bytes from its start); the
+    // connection owns and closes `fd` from here on, whatever the result. The file goes to the
+    // socket with sendfile(2) where the transport can, else in copied chunks; the response
+    // completes when its last byte is handed over (kWait until then: on_writable follows).
+    // Content-length framing must announce exactly `size` (else kTooLong / kTooShort).
+    WriteResult send_file(int fd, std::uint64_t size);
     // A complete server-generated response (e.g. 503) instead of calling the app; closes after.
     void respond_simple(int status, std::string_view body);
     // The app wants the body: sends "100 Continue" the first time if the client expects it.
@@ -96,6 +103,9 @@ class HttpConnection final : private ParserSink {
     void process(std::string_view data);
     void fail_request(int status, std::string_view detail);
     void finish_request();
+    void pump_file();
+    void end_file(bool ok);
+    void after_response_complete();
     void arm_deadline(bool head_bytes = false);
     void time_out(int status, std::string_view detail);
     void write_canned_response(int status);  // status line + reason (Uvicorn's text for 400)
@@ -108,6 +118,8 @@ class HttpConnection final : private ParserSink {
     PeerAddress peer_;
     PeerAddress local_;
     RequestHandler* handler_ = nullptr;
+    struct FileBody;  // a send_file in progress
+    std::unique_ptr<FileBody> file_;
     std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
     RequestInfo request_;
     ResponseState response_;
@@ -115,6 +127,7 @@ class HttpConnection final : private ParserSink {
     std::uint64_t head_deadline_ms_ = 0;  // end of --timeout-request-head for the head being read
     HeaderError header_error_ = HeaderError::kNone;
     bool in_process_ = false;        // inside process(): completions are handled by its loop
+    bool pumping_file_ = false;      // inside pump_file(): on_drained must not re-enter it
     bool message_complete_ = false;  // the current request has been read to its end
     bool response_started_ = false;
     bool response_complete_ = false;

@@ -31,6 +31,17 @@ class Transport {
     // it does not take (for large bodies: one writev instead of a copy into out()). The caller
     // flushes or schedules as after appending to out().
     virtual void write_direct(std::string_view data) { out().append(data); }
+    // Sends up to `len` bytes of the regular file `fd` from `offset` straight to the socket
+    // (sendfile(2), no copy), when nothing is buffered before it (buffered() == 0). Returns the
+    // bytes the kernel took (0: the socket is full), or -1 when this transport cannot send a
+    // file directly (TLS, tests): the caller then copies the file through out(). A socket error
+    // closes the transport and returns 0.
+    virtual std::int64_t send_file(int fd, std::uint64_t offset, std::size_t len) {
+        (void)fd;
+        (void)offset;
+        (void)len;
+        return -1;
+    }
     // Bytes accepted but not yet handed to the kernel.
     virtual std::size_t buffered() const = 0;
     virtual void pause_reading() = 0;
