@@ -8,7 +8,10 @@
 
 #include "tests/unit/support/fake_transport.hpp"
 #include "tests/unit/support/recording_handler.hpp"
+#include <cstdio>
+#include <fcntl.h>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -806,5 +809,133 @@ TEST_CASE("HttpConnection: a request body over max_body_size gets 413", "[http_c
         rig.wire.deliver("3\r\ndef\r\n");
         CHECK(rig.wire.written().empty());
         CHECK(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// send_file (http.response.pathsend). FakeTransport cannot sendfile, so these cover the copied
+// path: 64 KiB chunks through out(), each waiting for the previous to drain.
+
+namespace {
+
+// An unlinked temporary file holding `content`; returns its fd.
+int temp_file(const std::string& content) {
+    char name[] = "/tmp/cppuvicorn-sendfile-XXXXXX";
+    int fd = ::mkstemp(name);
+    REQUIRE(fd >= 0);
+    ::unlink(name);
+    REQUIRE(::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+    return fd;
+}
+
+bool fd_open(int fd) {
+    return ::fcntl(fd, F_GETFD) != -1;
+}
+
+std::string pattern(std::size_t n) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i)
+        s[i] = static_cast<char>('a' + i % 26);
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("HttpConnection: send_file copies a file through a full socket, chunk by chunk",
+          "[http_connection][send_file]") {
+    Rig rig;
+    const std::string content = pattern(200 * 1024 + 5);
+    rig.wire.deliver(kGet1);
+    rig.wire.stalled = true;
+    REQUIRE(rig.app.start({200, {{"content-length", std::to_string(content.size())}}, ""}) ==
+            WriteResult::kOk);
+    int fd = temp_file(content);
+    REQUIRE(rig.conn.send_file(fd, content.size()) == WriteResult::kWait);
+    CHECK(fd_open(fd));
+    CHECK(rig.wire.buffered() <= 64 * 1024 + 200);  // one chunk (and the head) at a time
+    int drains = 0;
+    while (rig.app.count("release") == 0 && drains < 100) {
+        rig.wire.drain();
+        rig.wire.end_of_turn();
+        ++drains;
+    }
+    rig.wire.stalled = false;
+    rig.wire.drain();  // the last chunk was handed over (the response is complete); now sent
+    rig.wire.end_of_turn();
+    CHECK(drains >= 3);  // 200 KiB in 64 KiB chunks
+    CHECK(rig.app.count("release") == 1);
+    CHECK_FALSE(fd_open(fd));  // the connection closed the file when it was done
+    std::string got = rig.wire.take_written();
+    CHECK(got.size() == ok(content).size());
+    REQUIRE(got == ok(content));
+    // The connection carries on.
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("next"));
+    rig.wire.deliver(kGet2);
+    CHECK(rig.wire.written() == ok("next"));
+}
+
+TEST_CASE("HttpConnection: send_file without content-length sends one chunk",
+          "[http_connection][send_file]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({200, {}, ""}) == WriteResult::kOk);
+    const std::string content = pattern(70000);
+    REQUIRE(rig.conn.send_file(temp_file(content), content.size()) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    char size[16];
+    std::snprintf(size, sizeof size, "%zx", content.size());
+    CHECK(rig.wire.written() ==
+          "HTTP/1.1 200 OK\r\nserver: cppuvicorn\r\ntransfer-encoding: chunked\r\n\r\n" +
+              std::string(size) + "\r\n" + content + "\r\n0\r\n\r\n");
+    CHECK(rig.app.count("release") == 1);
+}
+
+TEST_CASE("HttpConnection: send_file checks content-length and always closes the file",
+          "[http_connection][send_file]") {
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({200, {{"content-length", "10"}}, ""}) == WriteResult::kOk);
+    int shorter = temp_file("123456789");
+    CHECK(rig.conn.send_file(shorter, 9) == WriteResult::kTooShort);
+    CHECK_FALSE(fd_open(shorter));
+    int longer = temp_file("12345678901");
+    CHECK(rig.conn.send_file(longer, 11) == WriteResult::kTooLong);
+    CHECK_FALSE(fd_open(longer));
+    int exact = temp_file("1234567890");
+    CHECK(rig.conn.send_file(exact, 10) == WriteResult::kOk);
+    CHECK_FALSE(fd_open(exact));
+    int late = temp_file("x");  // the response is over (and the request released)
+    CHECK(rig.conn.send_file(late, 1) == WriteResult::kNotStarted);
+    CHECK_FALSE(fd_open(late));
+    rig.wire.end_of_turn();
+    CHECK(rig.wire.written() == ok("1234567890"));
+}
+
+TEST_CASE("HttpConnection: a file cut short by the client is closed; one that shrank aborts",
+          "[http_connection][send_file]") {
+    SECTION("the client goes away mid-file") {
+        Rig rig;
+        rig.wire.deliver(kGet1);
+        rig.wire.stalled = true;
+        const std::string content = pattern(300 * 1024);
+        REQUIRE(rig.app.start({200, {{"content-length", std::to_string(content.size())}}, ""}) ==
+                WriteResult::kOk);
+        int fd = temp_file(content);
+        REQUIRE(rig.conn.send_file(fd, content.size()) == WriteResult::kWait);
+        rig.wire.close(true);
+        rig.wire.end_of_turn();  // the close callback
+        CHECK_FALSE(fd_open(fd));
+        CHECK(rig.app.count("disconnect") == 1);
+        CHECK(rig.app.count("release") == 1);
+    }
+    SECTION("the file is shorter than announced when it is read") {
+        Rig rig;
+        rig.wire.deliver(kGet1);
+        REQUIRE(rig.app.start({200, {{"content-length", "100"}}, ""}) == WriteResult::kOk);
+        int fd = temp_file(std::string(40, 'z'));
+        rig.conn.send_file(fd, 100);  // the size the app saw before the file shrank
+        rig.wire.end_of_turn();
+        CHECK(rig.wire.closed());  // a promised body that cannot be delivered: abort
+        CHECK(rig.wire.written().size() < ok(std::string(100, 'z')).size());
     }
 }
