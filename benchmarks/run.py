@@ -439,6 +439,19 @@ def check_stream(port: int) -> None:
         conn.close()
 
 
+def check_file(port: int) -> None:
+    expected = _load_app_module("file").EXPECTED_BODY
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        for _ in range(2):
+            st, h, body = _request(conn, "GET")
+            _expect(st == 200, f"status {st}")
+            _expect(h.get("content-length") == str(len(expected)), f"content-length {h.get('content-length')!r}")
+            _expect(body == expected, f"body {len(body)} bytes differs from the file ({len(expected)} bytes)")
+    finally:
+        conn.close()
+
+
 @dataclass
 class Scenario:
     name: str
@@ -464,6 +477,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "raw ASGI echo: 64 KiB POST body, 64 KiB response with content-length"),
         Scenario("stream_100x1k", "stream", "report.lua", check_stream,
                  "raw ASGI streamed response, 100 x 1 KiB chunks (more_body)"),
+        Scenario("file_256k", "file", "report.lua", check_file,
+                 "Starlette FileResponse of a 256 KiB file (pathsend where advertised)"),
         Scenario("sleep_10ms", "sleep", "report.lua", check_sleep,
                  "raw ASGI `await asyncio.sleep(0.01)` then hello",
                  ideal=lambda c: c / 0.01),
