@@ -25,6 +25,9 @@ LEVEL_RE = re.compile(r"^(?:\x1b\[\d+m)?(INFO|WARNING|ERROR|CRITICAL|DEBUG|TRACE
 # The websockets library's own frame-level debug log ("< TEXT 'hello' [5 bytes]", "= connection
 # is OPEN"): Uvicorn's websockets implementation passes its logger on; cppuvicorn's frames are C++.
 WS_LIBRARY_DEBUG_RE = re.compile(r"^DEBUG:\s+[<>=] ")
+# cppuvicorn's HTTP scopes advertise pathsend (Uvicorn's have no extensions): the trace line of a
+# scope ends with it.
+PATHSEND_IN_SCOPE = ", 'extensions': {'http.response.pathsend': {}}"
 CONN_EVENT_RE = re.compile(r" - (HTTP|WebSocket) connection (made|lost)$")
 PORT_IN_SCOPE_RE = re.compile(r"\('127\.0\.0\.1', \d+\)")
 COLOURED_PID_RE = re.compile(r"\[\x1b\[36m\d+\x1b\[0m\]")
@@ -98,6 +101,7 @@ def _norm_lines(lines: list[str]) -> list[str]:
             if EXTRA_DEBUG_RE.match(line):
                 continue
             line = PORT_IN_SCOPE_RE.sub("('127.0.0.1', PORT)", COLOURED_PID_RE.sub("[PID]", line))
+            line = line.replace(PATHSEND_IN_SCOPE, "")
             out.append(norm_log_line(line))
         elif EXCEPTION_RE.match(line):
             out.append(line)

@@ -594,6 +594,7 @@ def test_app_call_that_is_not_a_coroutine(servers, path):
                 assert c.read_close() == (4001, "")
                 c.send(frame(8, close_payload(4001)))
                 assert c.closed_by_server()
+                srv.wait_for_line("connection open", after=mark, stream="stderr")
                 return server_lines(srv, mark)[:2]  # accepted, connection open
             status, headers, body = c.read_http()
             assert c.closed_by_server()
