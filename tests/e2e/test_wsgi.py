@@ -146,9 +146,12 @@ def test_flask_response_backpressure_and_disconnect(cppuvicorn_servers):
     ],
     ids=["view", "form-post", "405", "streaming", "404", "exception-500"],
 )
-def test_django(servers, method, path, headers, body, status):
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_django(servers, handler, method, path, headers, body, status):
+    """The same views through Django's WSGI handler (--interface wsgi) and its ASGI handler."""
     def run(s):
-        r = request(django(s), method, path, headers=headers, body=body)
+        srv = django(s) if handler == "wsgi" else s.get("django_app:asgi_app")
+        r = request(srv, method, path, headers=headers, body=body)
         assert r.status == status, r
         if path.startswith("/hello"):
             assert r.json() == {"hello": "bob", "greeting": "hey", "method": "GET", "path": "/hello/bob",

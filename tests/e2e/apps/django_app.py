@@ -1,4 +1,5 @@
-"""A Django project in one module: settings, views, URLs and the WSGI handler (``django_app:app``)."""
+"""A Django project in one module: settings, views, URLs, and both of Django's handlers: WSGI
+(``django_app:app``) and ASGI (``django_app:asgi_app``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ settings.configure(
 )
 django.setup()
 
+from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
@@ -54,3 +56,4 @@ urlpatterns = [
 ]
 
 app = get_wsgi_application()
+asgi_app = get_asgi_application()
