@@ -242,10 +242,17 @@ void BridgeServer::close() {
 // Requests
 
 ConnData& BridgeServer::conn_data(core::HttpConnection& conn) {
-    if (conn.user_data != nullptr) return *static_cast<ConnData*>(conn.user_data);
+    const core::PeerAddress& peer = conn.peer();
+    if (conn.user_data != nullptr) {
+        auto& d = *static_cast<ConnData*>(conn.user_data);
+        // Null after an idle spell (on_connection_idle) or when making it failed: the callers
+        // check, and answer 500 if it fails again.
+        if (d.client == nullptr)
+            d.client = peer.unix_socket ? Py_NewRef(Py_None) : client_tuple(peer);
+        return d;
+    }
     auto* d = new ConnData;
     d->conn = &conn;
-    const core::PeerAddress& peer = conn.peer();
     const core::PeerAddress& local = conn.local();
     d->client = peer.unix_socket ? Py_NewRef(Py_None) : client_tuple(peer);
     d->server = server_tuple(local);
@@ -318,6 +325,21 @@ void BridgeServer::trace_connection(core::HttpConnection& conn, const char* what
     Py_XDECREF(level);
 }
 
+void BridgeServer::on_connection_idle(core::HttpConnection& conn) noexcept {
+    // An idle keep-alive connection keeps no per-connection Python state: the scopes that used
+    // it hold their own references, and the next request makes it again (a TLS connection
+    // keeps its "tls" extension dict, which is dearer to make).
+    auto* d = static_cast<ConnData*>(conn.user_data);
+    if (d == nullptr) return;
+    if (d->refs == 1 && d->tls == nullptr) {
+        conn.user_data = nullptr;
+        d->conn = nullptr;
+        d->release();
+        return;
+    }
+    Py_CLEAR(d->client);  // a finished request's cycle still holds the rest
+}
+
 void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {
     if (options_.trace_connections) {
         trace_connection(conn, conn.websocket() != nullptr ? "WebSocket connection lost"
@@ -359,8 +381,9 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
                    root_path_,     options_.root_path, state_,    cd.tls};
     PyObject* forwarded_client = nullptr;
     PyObject* scope = nullptr;
-    if (!cd.proxy_trusted ||
-        apply_proxy_headers(options_.forwarded_allow_ips, head, false, in, forwarded_client)) {
+    if (cd.client != nullptr &&
+        (!cd.proxy_trusted ||
+         apply_proxy_headers(options_.forwarded_allow_ips, head, false, in, forwarded_client))) {
         scope = build_http_scope(head, in);
     }
     Py_XDECREF(forwarded_client);  // the scope holds it now

@@ -45,7 +45,7 @@ struct BridgeOptions {
 // still closes the connection, as in Uvicorn). Refcounted; `conn` is cleared on close.
 struct ConnData {
     core::HttpConnection* conn = nullptr;
-    PyObject* client = nullptr;  // (host, port) or None
+    PyObject* client = nullptr;  // (host, port) or None; made again after an idle spell
     PyObject* server = nullptr;  // (host, port) or (path, None)
     PyObject* tls = nullptr;     // the ASGI "tls" extension dict, or nullptr without TLS
     bool proxy_trusted = false;  // the peer may set X-Forwarded-* (decided once per connection)
@@ -102,6 +102,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void on_timeout(core::HttpConnection& conn, int status,
                     std::string_view detail) noexcept override;
     void on_connection_opened(core::HttpConnection& conn) noexcept override;
+    void on_connection_idle(core::HttpConnection& conn) noexcept override;
     void on_connection_closed(core::HttpConnection& conn) noexcept override;
     void on_tls_error(core::HttpConnection& conn, std::string_view detail,
                       bool in_handshake) noexcept override;

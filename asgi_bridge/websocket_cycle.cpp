@@ -1158,7 +1158,7 @@ core::WebSocketHandler* BridgeServer::on_websocket(core::HttpConnection& conn,
         ws_scheme_ = PyUnicode_FromString(options_.scheme == "https" ? "wss" : "ws");
     }
     PyObject* scope = nullptr;
-    if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr) {
+    if (ws_asgi_template_ != nullptr && ws_scheme_ != nullptr && cd.client != nullptr) {
         ScopeInputs in{ws_asgi_template_, cd.client,          cd.server, ws_scheme_,
                        root_path_,        options_.root_path, state_,    cd.tls};
         PyObject* forwarded_client = nullptr;

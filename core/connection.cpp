@@ -93,8 +93,7 @@ void TcpConnection::start() {
             local = address_of(ss);
         }
     }
-    http_ = std::make_unique<HttpConnection>(*this, server_.context(), std::move(peer),
-                                             std::move(local));
+    http_.emplace(*this, server_.context(), std::move(peer), std::move(local));
     server_.add(this);
     if (metrics_ != nullptr) metrics_->add(kConnectionsOpened);
     server_.context().events.on_connection_opened(*http_);
@@ -265,6 +264,14 @@ void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
         return;
     }
     c->flush();
+}
+
+void TcpConnection::trim() {
+    // Idle between requests: the output buffers go (a response head's worth, or a big partial
+    // write's); the next response makes a new one.
+    if (writing_) return;
+    if (out_.empty()) std::string().swap(out_);
+    std::string().swap(inflight_);
 }
 
 void TcpConnection::after_write() {

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,7 @@ class TcpConnection final : public Transport {
     // Transport
     std::string& out() override { return out_; }
     void flush() override;
+    void trim() override;
     void schedule_flush() override;
     void write_direct(std::string_view data) override;
     std::int64_t send_file(int fd, std::uint64_t offset, std::size_t len) override;
@@ -77,8 +79,8 @@ class TcpConnection final : public Transport {
         uv_pipe_t pipe;
     } handle_{};
     Server& server_;
-    std::unique_ptr<HttpConnection> http_;
-    std::unique_ptr<TlsSession> tls_;  // null on plain TCP
+    std::optional<HttpConnection> http_;  // in place: one allocation per connection, not two
+    std::unique_ptr<TlsSession> tls_;     // null on plain TCP
     // The queued write's request, or at the end the shutdown's: never both at once (shutdown
     // waits for the write, and nothing is written once closing). Made at the first write that
     // does not go out at once, or at the shutdown: most connections, and idle WebSockets above

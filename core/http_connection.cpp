@@ -33,11 +33,7 @@ std::uint64_t steady_ns() {
 
 HttpConnection::HttpConnection(Transport& transport, ConnectionContext& ctx, PeerAddress peer,
                                PeerAddress local)
-    : transport_(transport),
-      ctx_(ctx),
-      parser_(std::make_unique<HttpParser>(static_cast<ParserSink&>(*this), ctx.config)),
-      peer_(std::move(peer)),
-      local_(std::move(local)) {
+    : transport_(transport), ctx_(ctx), peer_(std::move(peer)), local_(std::move(local)) {
     // Silence is never free: a connection that never sends a request is closed like an idle
     // keep-alive connection.
     arm_deadline();
@@ -52,6 +48,8 @@ void HttpConnection::on_data(std::string_view data) {
         ws_->on_data(data);
         return;
     }
+    if (!parser_)
+        parser_ = std::make_unique<HttpParser>(static_cast<ParserSink&>(*this), ctx_.config);
     if (parser_paused_ || !parser_->pending().empty()) {
         // A request is outstanding, or earlier bytes wait for the scheduled process_pending:
         // hold these behind them.
@@ -67,7 +65,7 @@ void HttpConnection::process_pending() {
         ws_->process_pending();
         return;
     }
-    if (closed_ || parser_paused_ || parser_->pending().empty()) return;
+    if (closed_ || parser_paused_ || !parser_ || parser_->pending().empty()) return;
     std::string data;
     data.swap(parser_->pending());
     process(data);
@@ -119,6 +117,20 @@ void HttpConnection::process(std::string_view data) {
     // more) of the next request head.
     arm_deadline(!data.empty());
     update_read_state();
+}
+
+void HttpConnection::trim() {
+    // Called by the server's sweep (a few times a second), not after every request: a busy
+    // connection keeps its parser and buffers from one request to the next, and only one that
+    // sits idle gives them back. Between requests the parser holds nothing worth keeping (its
+    // head buffers are already back in the pool): the next request's bytes make a fresh one.
+    if (closed_ || ws_ != nullptr || !parser_ || handler_ != nullptr || parser_paused_ ||
+        parser_->in_message() || !parser_->pending().empty()) {
+        return;
+    }
+    parser_.reset();
+    transport_.trim();
+    ctx_.events.on_connection_idle(*this);
 }
 
 void HttpConnection::on_head(const RequestHead& head) {
@@ -188,7 +200,7 @@ void HttpConnection::on_deadline() {
     deadline_ms_ = 0;
     if (closed_) return;
     if (handler_ == nullptr) {
-        bool head_started = parser_->in_head() || head_deadline_ms_ != 0;
+        bool head_started = (parser_ && parser_->in_head()) || head_deadline_ms_ != 0;
         if (!head_started) {
             // Idle (before the first request or between requests): a silent close, as Uvicorn's
             // keep-alive timeout.
@@ -198,7 +210,7 @@ void HttpConnection::on_deadline() {
         bool total = head_deadline_ms_ != 0 && head_deadline_ms_ <= transport_.now_ms();
         // 408 once a request line has started (RFC 9110 §15.5.9: the request was not complete
         // in time); CRLFs alone before it get a silent close.
-        time_out(parser_->in_head() ? 408 : 0,
+        time_out(parser_ && parser_->in_head() ? 408 : 0,
                  total ? "request head not complete within the request head timeout"
                        : "request head stalled for the keep-alive timeout");
         return;
@@ -309,7 +321,7 @@ void HttpConnection::arm_deadline(bool head_bytes) {
         // The head timer starts at the first byte of the next request (CRLFs before a request
         // line count: trickling them is no way around it) and is not pushed back by later bytes.
         // Not inside the body of a request answered without a handler (e.g. 503).
-        bool reading_head = !parser_->in_message() || parser_->in_head();
+        bool reading_head = !parser_ || !parser_->in_message() || parser_->in_head();
         if (head_bytes && reading_head && head_deadline_ms_ == 0 && c.timeout_request_head > 0) {
             head_deadline_ms_ = now + to_ms(c.timeout_request_head);
         }

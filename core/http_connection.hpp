@@ -85,7 +85,12 @@ class HttpConnection final : private ParserSink {
     bool awaiting_response() const {
         return handler_ != nullptr && !response_complete_ && !closed_ && ws_ == nullptr;
     }
-    bool idle() const { return ws_ == nullptr && handler_ == nullptr && !parser_->in_message(); }
+    // If idle between requests (and not trimmed yet): release the parser, the transport's
+    // buffers and, through ConnectionEvents::on_connection_idle, the owner's per-request state.
+    void trim();
+    bool idle() const {
+        return ws_ == nullptr && handler_ == nullptr && (!parser_ || !parser_->in_message());
+    }
     // The WebSocket session, once the connection upgraded (set before on_websocket is called).
     WebSocketConnection* websocket() { return ws_.get(); }
     const PeerAddress& peer() const { return peer_; }
@@ -114,7 +119,8 @@ class HttpConnection final : private ParserSink {
 
     Transport& transport_;
     ConnectionContext& ctx_;
-    std::unique_ptr<HttpParser> parser_;  // null once the connection became a WebSocket
+    // Null on a trimmed idle connection (see trim) and once the connection became a WebSocket.
+    std::unique_ptr<HttpParser> parser_;
     PeerAddress peer_;
     PeerAddress local_;
     RequestHandler* handler_ = nullptr;

@@ -108,6 +108,9 @@ class ConnectionEvents {
     }
     // A connection was accepted (before anything is read from it): for the trace log.
     virtual void on_connection_opened(HttpConnection& conn) noexcept { (void)conn; }
+    // The connection is idle between requests (no request in flight, none begun): per-request
+    // state kept on its user data may be dropped until the next request.
+    virtual void on_connection_idle(HttpConnection& conn) noexcept { (void)conn; }
     // The connection is closed; its user data (if any) may be dropped now.
     virtual void on_connection_closed(HttpConnection& conn) noexcept = 0;
     // A request asks to upgrade to WebSocket (its last Upgrade header is "websocket" and its

@@ -336,8 +336,13 @@ void Server::sweep() {
     // Copy: closing removes connections from the registry.
     std::vector<TcpConnection*> expired;
     for (TcpConnection* c : connections_) {
-        std::uint64_t d = c->http().deadline_ms();
-        if (d != 0 && d <= now) expired.push_back(c);
+        HttpConnection& h = c->http();
+        std::uint64_t d = h.deadline_ms();
+        if (d != 0 && d <= now) {
+            expired.push_back(c);
+        } else {
+            h.trim();
+        }
     }
     for (TcpConnection* c : expired)
         c->http().on_deadline();

@@ -27,6 +27,9 @@ class Transport {
     virtual void flush() = 0;
     // Flush out() before the end of this loop turn; lets writes of one turn coalesce.
     virtual void schedule_flush() = 0;
+    // The connection is idle between requests: drop buffers that the next response can make
+    // again (memory per idle keep-alive connection).
+    virtual void trim() {}
     // Appends `data` after out() and tries to hand both to the kernel now, copying only what
     // it does not take (for large bodies: one writev instead of a copy into out()). The caller
     // flushes or schedules as after appending to out().

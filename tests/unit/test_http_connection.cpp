@@ -292,6 +292,78 @@ TEST_CASE("HttpConnection: the idle deadline runs only while no request is activ
     }
 }
 
+TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothing else",
+          "[http_connection][trim]") {
+    Rig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("one"));
+
+    SECTION("before any request there is nothing to give back") {
+        rig.conn.trim();
+        CHECK(rig.wire.trims() == 0);
+        CHECK(rig.app.events.empty());
+    }
+    SECTION("idle after a request: trimmed once, and the next request is served as usual") {
+        rig.wire.deliver(kGet1);
+        REQUIRE(rig.wire.take_written() == ok("one"));
+        rig.conn.trim();
+        rig.conn.trim();  // already trimmed: nothing more happens
+        CHECK(rig.wire.trims() == 1);
+        REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "idle"});
+        rig.app.events.clear();
+        rig.wire.deliver(kGet2);
+        CHECK(rig.wire.take_written() == ok("one"));
+        CHECK(rig.app.events == Events{"head GET /2", "body_complete", "release"});
+        CHECK(rig.conn.idle());
+    }
+    SECTION("not while a request head is half read: the rest still completes it") {
+        rig.wire.deliver("GET /half HTTP/1.1\r\nHo");
+        rig.conn.trim();
+        CHECK(rig.wire.trims() == 0);
+        rig.wire.deliver("st: a\r\n\r\n");
+        CHECK(rig.wire.take_written() == ok("one"));
+        CHECK(rig.app.events == Events{"head GET /half", "body_complete", "release"});
+    }
+    SECTION("not while a request is being answered") {
+        rig.app.respond_at(Moment::kNever, Response::text("late"));
+        rig.wire.deliver(kGet1);
+        rig.conn.trim();
+        CHECK(rig.wire.trims() == 0);
+        rig.app.respond(Response::text("late"));
+        rig.wire.end_of_turn();
+        CHECK(rig.wire.take_written() == ok("late"));
+        rig.conn.trim();
+        CHECK(rig.wire.trims() == 1);
+    }
+    SECTION("not while pipelined requests wait behind the one being answered") {
+        rig.app.respond_at(Moment::kNever, Response::text("a"));
+        rig.wire.deliver(kGet1 + kGet2);
+        rig.conn.trim();
+        CHECK(rig.wire.trims() == 0);
+        rig.app.respond(Response::text("a"));
+        rig.wire.end_of_turn();
+        rig.app.respond(Response::text("b"));
+        rig.wire.end_of_turn();
+        CHECK(rig.wire.take_written() == ok("a") + ok("b"));
+        CHECK(rig.app.events == Events{"head GET /1", "body_complete", "release", "head GET /2",
+                                       "body_complete", "release"});
+    }
+    SECTION("a trimmed connection still times out silently when idle too long") {
+        rig.config.timeout_keep_alive = 5.0;
+        rig.wire.deliver(kGet1);
+        rig.conn.trim();
+        rig.wire.clock_ms += 5000;
+        rig.conn.on_deadline();
+        CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    }
+    SECTION("a trimmed connection answers a malformed request with 400, as before") {
+        rig.wire.deliver(kGet1);
+        rig.conn.trim();
+        rig.wire.take_written();
+        rig.wire.deliver("BAD\x01 / HTTP/1.1\r\n\r\n");
+        CHECK(rig.wire.written().rfind("HTTP/1.1 400 Bad Request\r\n", 0) == 0);
+    }
+}
+
 TEST_CASE("HttpConnection: a response completed before the body was read discards the rest",
           "[http_connection]") {
     Rig rig;

@@ -55,6 +55,7 @@ class FakeTransport final : public core::Transport {
     bool flush_scheduled() const { return flush_scheduled_; }
     bool resume_scheduled() const { return resume_scheduled_; }
     int flushes() const { return flushes_; }
+    int trims() const { return trims_; }
 
     // ---- knobs ----
     std::uint64_t clock_ms = 1'000'000;
@@ -73,6 +74,7 @@ class FakeTransport final : public core::Transport {
         out_.clear();
     }
     void schedule_flush() override { flush_scheduled_ = true; }
+    void trim() override { ++trims_; }
     std::size_t buffered() const override { return out_.size() + unsent_.size(); }
     void pause_reading() override { reading_ = false; }
     void resume_reading() override { reading_ = true; }
@@ -107,6 +109,7 @@ class FakeTransport final : public core::Transport {
     Close close_ = Close::kNone;
     int close_calls_ = 0;
     int flushes_ = 0;
+    int trims_ = 0;
     bool close_reported_ = false;
     bool reading_ = true;
     bool flush_scheduled_ = false;

@@ -113,6 +113,7 @@ class RecordingHandler final : public core::ConnectionEvents, public core::Reque
         events.push_back("timeout " + std::to_string(status));
         last_error_detail = std::string(detail);
     }
+    void on_connection_idle(core::HttpConnection&) noexcept override { events.push_back("idle"); }
     void on_connection_closed(core::HttpConnection&) noexcept override {
         events.push_back("closed");
     }
