@@ -119,12 +119,12 @@ void HttpConnection::process(std::string_view data) {
     update_read_state();
 }
 
-void HttpConnection::trim() {
-    // Called by the server's sweep (a few times a second), not after every request: a busy
+void HttpConnection::trim_parsed() {
+    // Called by the server's sweep (ten times a second), not after every request: a busy
     // connection keeps its parser and buffers from one request to the next, and only one that
     // sits idle gives them back. Between requests the parser holds nothing worth keeping (its
     // head buffers are already back in the pool): the next request's bytes make a fresh one.
-    if (closed_ || ws_ != nullptr || !parser_ || handler_ != nullptr || parser_paused_ ||
+    if (closed_ || ws_ != nullptr || handler_ != nullptr || parser_paused_ ||
         parser_->in_message() || !parser_->pending().empty()) {
         return;
     }

@@ -87,7 +87,9 @@ class HttpConnection final : private ParserSink {
     }
     // If idle between requests (and not trimmed yet): release the parser, the transport's
     // buffers and, through ConnectionEvents::on_connection_idle, the owner's per-request state.
-    void trim();
+    void trim() {
+        if (parser_ != nullptr) trim_parsed();  // the sweep calls this for every connection
+    }
     bool idle() const {
         return ws_ == nullptr && handler_ == nullptr && (!parser_ || !parser_->in_message());
     }
@@ -115,6 +117,7 @@ class HttpConnection final : private ParserSink {
     void time_out(int status, std::string_view detail);
     void write_canned_response(int status);  // status line + reason (Uvicorn's text for 400)
     void update_read_state();
+    void trim_parsed();
     void meter_request_end();
 
     Transport& transport_;
