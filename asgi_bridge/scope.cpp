@@ -216,14 +216,43 @@ PyObject* log_target(PyObject* scope) {
     return PyUnicode_DecodeLatin1(out.data(), static_cast<Py_ssize_t>(out.size()), nullptr);
 }
 
+namespace {
+
+// The HTTP scope's keys, in the order of Uvicorn's scope (its trace log prints the dict as it
+// is), with None for every value: a request's scope starts as a copy of it. Copying a dict is
+// one block copy of its key table; building it key by key grew and rehashed it twice.
+PyObject* http_scope_template(bool with_state) {
+    namespace n = py_names;
+    static PyObject* templates[2] = {nullptr, nullptr};
+    PyObject*& t = templates[with_state ? 1 : 0];
+    if (t != nullptr) return t;
+    PyObject* keys[] = {n::type,   n::asgi,      n::http_version, n::server,    n::client,
+                        n::scheme, n::root_path, n::headers,      n::state,     n::method,
+                        n::path,   n::raw_path,  n::query_string, n::extensions};
+    PyObject* d = PyDict_New();
+    if (d == nullptr) return nullptr;
+    for (PyObject* key : keys) {
+        if (key == n::state && !with_state) continue;
+        if (PyDict_SetItem(d, key, Py_None) != 0) {
+            Py_DECREF(d);
+            return nullptr;
+        }
+    }
+    t = d;  // kept for the life of the process, as the interned names are
+    return t;
+}
+
+}  // namespace
+
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in) {
     namespace n = py_names;
     std::string_view raw_path;
     std::string_view query;
     split_target(head.target, raw_path, query);
 
-    // Keys in the order of Uvicorn's scope (its trace log prints the dict as it is).
-    PyObject* scope = PyDict_New();
+    // Every value below replaces the template's None: no key is added.
+    PyObject* tmpl = http_scope_template(in.state != nullptr);
+    PyObject* scope = tmpl != nullptr ? PyDict_Copy(tmpl) : nullptr;
     if (scope == nullptr) return nullptr;
     bool ok =
         PyDict_SetItem(scope, n::type, n::http) == 0 &&
