@@ -623,7 +623,11 @@ PyObject* CycleHandler::send_body(PyObject* message) {
     if (r != core::WriteResult::kTooLong) body_bytes_ += data.size();
     if (have_view) PyBuffer_Release(&view);
     Py_DECREF(body);
-    switch (r) {
+    return body_sent(r, more != 0);
+}
+
+PyObject* CycleHandler::body_sent(core::WriteResult r, bool more) {
+    switch (r) {  // the app's bytes disagree with its content-length: its error, as in Uvicorn
         case core::WriteResult::kTooLong:
             return runtime_error("Response content longer than Content-Length", nullptr);
         case core::WriteResult::kTooShort:
@@ -631,10 +635,6 @@ PyObject* CycleHandler::send_body(PyObject* message) {
         default:
             break;
     }
-    return body_sent(r, more != 0);
-}
-
-PyObject* CycleHandler::body_sent(core::WriteResult r, bool more) {
     if (!more) {
         response_complete_ = true;
         if (server_.access_log_timed()) log_done();
@@ -683,15 +683,7 @@ PyObject* CycleHandler::send_path(PyObject* message) {
     } else {
         ::close(fd);
     }
-    switch (r) {
-        case core::WriteResult::kTooLong:
-            return runtime_error("Response content longer than Content-Length", nullptr);
-        case core::WriteResult::kTooShort:
-            return runtime_error("Response content shorter than Content-Length", nullptr);
-        default:
-            break;
-    }
-    body_bytes_ += size;
+    if (r != core::WriteResult::kTooLong && r != core::WriteResult::kTooShort) body_bytes_ += size;
     return body_sent(r, false);
 }
 
