@@ -61,6 +61,13 @@ def cmd_uvicorn(python: str, wsload: Path, port: int) -> list[str]:
             "--no-access-log", "--log-level", "warning"]
 
 
+def cmd_granian(python: str, wsload: Path, port: int) -> list[str]:
+    # The same single-worker settings as run.py's HTTP runs; Granian serves ASGI WebSockets
+    # natively (no Python WebSocket library).
+    return [python, "-m", "granian", *base.GRANIAN_ARGS, "--host", HOST, "--port", str(port),
+            APP]
+
+
 def cmd_native(python: str, wsload: Path, port: int) -> list[str]:
     return [str(wsload), "--host", HOST, "--serve", str(port)]
 
@@ -74,6 +81,9 @@ SERVERS: dict[str, WsServer] = {
         WsServer("uvicorn", cmd_uvicorn,
                  "python -m uvicorn ws_echo:app --host 127.0.0.1 --port P --http httptools "
                  "--loop uvloop --ws websockets-sansio --no-access-log --log-level warning"),
+        WsServer("granian", cmd_granian,
+                 "python -m granian " + " ".join(base.GRANIAN_ARGS) +
+                 " --host 127.0.0.1 --port P ws_echo:app"),
         WsServer("native", cmd_native,
                  "wsload --serve P  # C++/libuv echo: handshake, unmask, echo; no Python",
                  python=False),
@@ -102,7 +112,7 @@ def versions(python: str) -> dict:
         [python, "-c",
          "import sys, json, importlib.metadata as m\n"
          "out = {'Python': sys.version.split()[0] + ' (' + sys.executable + ')'}\n"
-         "for p in ['cppuvicorn', 'uvicorn', 'uvloop', 'httptools', 'websockets']:\n"
+         "for p in ['cppuvicorn', 'uvicorn', 'uvloop', 'httptools', 'websockets', 'granian']:\n"
          "    try: out[p] = m.version(p)\n"
          "    except Exception: out[p] = 'not installed'\n"
          "print(json.dumps(out))"],
