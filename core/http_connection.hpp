@@ -90,6 +90,11 @@ class HttpConnection final : private ParserSink {
     void trim() {
         if (parser_ != nullptr) trim_parsed();  // the sweep calls this for every connection
     }
+    // For Server::sweep's prefetch: the fields trim() and deadline_ms() read.
+    void prefetch_sweep_fields() const {
+        __builtin_prefetch(&parser_);
+        __builtin_prefetch(&deadline_ms_);  // the same cache line, or the next
+    }
     bool idle() const {
         return ws_ == nullptr && handler_ == nullptr && (!parser_ || !parser_->in_message());
     }
@@ -122,17 +127,19 @@ class HttpConnection final : private ParserSink {
 
     Transport& transport_;
     ConnectionContext& ctx_;
+    // The sweep reads these three for every connection, ten times a second: together, so that
+    // an idle connection costs it one cache line (Server::sweep prefetches it).
     // Null on a trimmed idle connection (see trim) and once the connection became a WebSocket.
     std::unique_ptr<HttpParser> parser_;
+    std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
+    std::uint64_t deadline_ms_ = 0;
     PeerAddress peer_;
     PeerAddress local_;
     RequestHandler* handler_ = nullptr;
     struct FileBody;  // a send_file in progress
     std::unique_ptr<FileBody> file_;
-    std::unique_ptr<WebSocketConnection> ws_;  // after a WebSocket upgrade: gets all input
     RequestInfo request_;
     ResponseState response_;
-    std::uint64_t deadline_ms_ = 0;
     std::uint64_t head_deadline_ms_ = 0;  // end of --timeout-request-head for the head being read
     HeaderError header_error_ = HeaderError::kNone;
     bool in_process_ = false;        // inside process(): completions are handled by its loop

