@@ -42,14 +42,14 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
     loop_create_future_ = PyObject_GetAttrString(loop, "create_future");
     loop_call_soon_ = PyObject_GetAttrString(loop, "call_soon");
     loop_call_later_ = PyObject_GetAttrString(loop, "call_later");
-#if PY_VERSION_HEX >= 0x030C0000
     if (PyObject* asyncio = PyImport_ImportModule("asyncio")) {
         task_type_ = PyObject_GetAttrString(asyncio, "Task");
         Py_DECREF(asyncio);
     }
-#else
     create_task_ = PyObject_GetAttrString(loop, "create_task");
-#endif
+    loop_get_task_factory_ = PyObject_GetAttrString(loop, "get_task_factory");
+    base_context_ = PyContext_CopyCurrent();
+    kw_context_ = PyTuple_Pack(1, n::context);
     asgi_template_ = PyDict_New();
     PyObject* version = PyUnicode_FromStringAndSize(
         options_.asgi_version.data(), static_cast<Py_ssize_t>(options_.asgi_version.size()));
@@ -86,6 +86,9 @@ BridgeServer::~BridgeServer() {
                         loop_call_later_,
                         task_type_,
                         create_task_,
+                        loop_get_task_factory_,
+                        base_context_,
+                        kw_context_,
                         asgi_template_,
                         scheme_,
                         root_path_,
@@ -131,10 +134,15 @@ void BridgeServer::start() {
     request_run();  // the listeners' epoll registrations happen inside uv_run
 }
 
+PyObject* BridgeServer::call_soon(PyObject* callback) {
+    PyObject* args[] = {callback, base_context_};
+    return PyObject_Vectorcall(loop_call_soon_, args, 1, kw_context_);
+}
+
 void BridgeServer::request_run() noexcept {
     if (run_scheduled_ || closed_ || run_cb_ == nullptr) return;
     run_scheduled_ = true;
-    PyObject* r = PyObject_CallOneArg(loop_call_soon_, run_cb_);
+    PyObject* r = call_soon(run_cb_);
     if (r == nullptr) {
         run_scheduled_ = false;
         report_python_error("scheduling the libuv loop");
@@ -145,7 +153,7 @@ void BridgeServer::request_run() noexcept {
 void BridgeServer::request_accept() noexcept {
     // call_soon is FIFO: this runs after the first steps of the tasks this turn created.
     if (closed_ || accept_cb_ == nullptr) return;
-    PyObject* r = PyObject_CallOneArg(loop_call_soon_, accept_cb_);
+    PyObject* r = call_soon(accept_cb_);
     if (r == nullptr) report_python_error("scheduling an accept");
     Py_XDECREF(r);
 }
@@ -153,7 +161,7 @@ void BridgeServer::request_accept() noexcept {
 void BridgeServer::request_release() noexcept {
     // Not deduplicated: each release must come after the first steps queued before it.
     if (closed_ || release_cb_ == nullptr) return;
-    PyObject* r = PyObject_CallOneArg(loop_call_soon_, release_cb_);
+    PyObject* r = call_soon(release_cb_);
     if (r == nullptr) report_python_error("scheduling a flush");
     Py_XDECREF(r);
 }
@@ -190,8 +198,8 @@ void BridgeServer::tick_from_loop() {
 
 void BridgeServer::schedule_tick() {
     PyObject* delay = PyFloat_FromDouble(kTickSeconds);
-    PyObject* args[] = {delay, tick_cb_};
-    tick_handle_ = PyObject_Vectorcall(loop_call_later_, args, 2, nullptr);
+    PyObject* args[] = {delay, tick_cb_, base_context_};
+    tick_handle_ = PyObject_Vectorcall(loop_call_later_, args, 2, kw_context_);
     Py_DECREF(delay);
     if (tick_handle_ == nullptr) report_python_error("scheduling the server tick");
 }
@@ -352,16 +360,40 @@ void BridgeServer::on_connection_closed(core::HttpConnection& conn) noexcept {
 }
 
 PyObject* BridgeServer::spawn(PyObject* coro) {
+    // A task factory the app installed (loop.set_task_factory, in lifespan startup say) makes
+    // every request's Task, as loop.create_task does under Uvicorn. Without one the Task is
+    // made here: the same Task (its own copy of the context, a "Task-N" name), without the
+    // loop method's wrapper around it (uvloop's create_task: about 1,400 instructions).
+    // Either way the Task gets a copy of base_context_, not of the current context: spawn runs
+    // inside the previous request's Task when that one's response lets a pipelined request in.
+    PyObject* factory = PyObject_CallNoArgs(loop_get_task_factory_);
+    if (factory == nullptr) return nullptr;
+    const bool custom = factory != Py_None;
+    Py_DECREF(factory);
+    PyObject* context = PyContext_Copy(base_context_);
+    if (context == nullptr) return nullptr;
+    PyObject* task = nullptr;
+    if (custom) {
+        // Factories are called as Uvicorn calls them, (loop, coro): the copy is made current
+        // for the call, and create_task copies it again for the Task.
+        if (PyContext_Enter(context) == 0) {
+            task = PyObject_CallOneArg(create_task_, coro);
+            if (PyContext_Exit(context) != 0) Py_CLEAR(task);
+        }
+    } else {
 #if PY_VERSION_HEX >= 0x030C0000
-    // 3.12+: run the app to its first real suspension right here (eager_start), in its own
-    // Task and its own copy of the context. Not the loop-wide eager task factory (it crashed
-    // with StreamingResponse on 3.12.1).
-    static PyObject* kwnames = Py_BuildValue("(OO)", n::loop, n::eager_start);
-    PyObject* args[] = {coro, loop_, Py_True};
-    return PyObject_Vectorcall(task_type_, args, 1, kwnames);
+        // 3.12+: run the app to its first real suspension right here (eager_start). Not the
+        // loop-wide eager task factory (it crashed with StreamingResponse on 3.12.1).
+        static PyObject* kwnames = Py_BuildValue("(OOO)", n::loop, n::context, n::eager_start);
+        PyObject* args[] = {coro, loop_, context, Py_True};
 #else
-    return PyObject_CallOneArg(create_task_, coro);
+        static PyObject* kwnames = Py_BuildValue("(OO)", n::loop, n::context);
+        PyObject* args[] = {coro, loop_, context};
 #endif
+        task = PyObject_Vectorcall(task_type_, args, 1, kwnames);
+    }
+    Py_DECREF(context);
+    return task;
 }
 
 core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,

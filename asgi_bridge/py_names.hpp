@@ -54,6 +54,7 @@ extern PyObject* error;
 extern PyObject* debug;
 extern PyObject* loop;
 extern PyObject* eager_start;
+extern PyObject* context;
 
 // Interned HTTP method names ("GET", "POST", …) or a new string for unknown ones.
 PyObject* method_str(const char* data, Py_ssize_t len);  // new reference

@@ -1,0 +1,96 @@
+"""What a request's code sees of asyncio: its own Task for its whole life, its own copy of the
+context, anyio's view of it (backend detection, a cancel scope, a task group), and the loop's
+task factory if the app installed one.
+
+``identity`` answers GET /<anything> with a JSON report; ``identity_factory`` is the same app
+with a task factory installed by lifespan startup (Uvicorn creates request tasks through
+``loop.create_task``, so they go through it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import re
+import weakref
+
+import anyio
+
+REQUEST_VAR = contextvars.ContextVar("request_var", default="unset")
+LIFESPAN_VAR = contextvars.ContextVar("lifespan_var", default="unset")
+FACTORY_TASKS: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+_previous_name: list[str] = []
+
+
+def _factory(loop, coro, **kwargs):
+    task = asyncio.Task(coro, loop=loop, **kwargs)
+    FACTORY_TASKS.add(task)
+    return task
+
+
+async def _lifespan(receive, send, install_factory: bool) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            LIFESPAN_VAR.set("set by lifespan")  # the lifespan task's own context: never a request's
+            if install_factory:
+                asyncio.get_running_loop().set_task_factory(_factory)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _report(scope, receive, send) -> None:
+    task = asyncio.current_task()
+    var_before = REQUEST_VAR.get()
+    REQUEST_VAR.set(scope["path"])
+    message = await receive()
+    same_after_receive = asyncio.current_task() is task
+    with anyio.fail_after(5):  # a cancel scope: bound to the task that entered it
+        await asyncio.sleep(0.001)
+    seen_by_child: list[str] = []
+
+    async def child() -> None:
+        seen_by_child.append(REQUEST_VAR.get())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child)
+    name = task.get_name() if task is not None else ""
+    report = {
+        "is_task": isinstance(task, asyncio.Task),
+        "in_all_tasks": task in asyncio.all_tasks(),
+        "same_task_after_receive": same_after_receive,
+        "same_task_after_sleep": asyncio.current_task() is task,
+        "default_name": re.fullmatch(r"Task-\d+", name) is not None,
+        "new_task_per_request": not _previous_name or _previous_name[-1] != name,
+        "request_var_before": var_before,
+        "request_var_after": REQUEST_VAR.get(),
+        "lifespan_var": LIFESPAN_VAR.get(),
+        "anyio_backend": anyio.get_cancelled_exc_class() is asyncio.CancelledError,
+        "child_saw": seen_by_child,
+        "made_by_factory": task in FACTORY_TASKS,
+        "factory_installed": asyncio.get_running_loop().get_task_factory() is not None,
+        "first_message": message["type"],
+    }
+    _previous_name.append(name)
+    body = json.dumps(report, sort_keys=True).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def identity(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send, install_factory=False)
+    else:
+        await _report(scope, receive, send)
+
+
+async def identity_factory(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send, install_factory=True)
+    else:
+        await _report(scope, receive, send)

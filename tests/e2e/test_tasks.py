@@ -1,0 +1,78 @@
+"""Each request runs in its own asyncio Task, in its own copy of the context, as under Uvicorn.
+
+anyio's cancel scopes check task identity, it asks which library runs the current task, and
+apps keep per-request state in contextvars: the report ``task_apps`` sends back must be the same
+from both servers, request after request on one keep-alive connection and on fresh ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rawhttp import build_request, connect, exchange
+
+EXPECTED = {
+    "is_task": True,
+    "in_all_tasks": True,
+    "same_task_after_receive": True,
+    "same_task_after_sleep": True,
+    "default_name": True,
+    "new_task_per_request": True,
+    "request_var_before": "unset",
+    "lifespan_var": "unset",
+    "anyio_backend": True,
+    "first_message": "http.request",
+}
+
+
+def reports(srv) -> list[dict]:
+    out = []
+    with connect(srv) as conn:  # keep-alive: three requests, one connection
+        for i in range(3):
+            r = conn.request("GET", f"/keep-alive/{i}")
+            assert r.status == 200, r
+            out.append(r.json())
+    for i in range(2):  # and on connections of their own
+        with connect(srv) as conn:
+            r = conn.request("GET", f"/fresh/{i}")
+            assert r.status == 200, r
+            out.append(r.json())
+    return out
+
+
+@pytest.mark.parametrize("app,factory", [("task_apps:identity", False),
+                                         ("task_apps:identity_factory", True)])
+def test_request_task_and_context(servers, app, factory):
+    paths = ["/keep-alive/0", "/keep-alive/1", "/keep-alive/2", "/fresh/0", "/fresh/1"]
+
+    def run(s):
+        got = reports(s.spawn(app, "--lifespan", "on"))
+        for report, path in zip(got, paths):
+            assert {k: report[k] for k in EXPECTED} == EXPECTED, report
+            assert report["request_var_after"] == path
+            assert report["child_saw"] == [path]  # a task group's child inherits the request's context
+            # A task factory the app installs is used for request tasks, as loop.create_task does.
+            assert report["factory_installed"] is factory
+            assert report["made_by_factory"] is factory, report
+        return got
+
+    servers.compare(run)
+
+
+@pytest.mark.parametrize("app,factory", [("task_apps:identity", False),
+                                         ("task_apps:identity_factory", True)])
+def test_pipelined_requests_do_not_share_context(cppuvicorn_servers, app, factory):
+    """A pipelined request starts when the previous response completes, inside the previous
+    request's Task. Uvicorn 0.55 creates the next Task there with ``loop.create_task``, which
+    copies that Task's context: the next request sees the previous one's contextvars (unless
+    ``--reset-contextvars``). cppuvicorn gives every request a copy of the server's context."""
+    srv = cppuvicorn_servers.spawn(app, "--lifespan", "on")
+    paths = [f"/pipelined/{i}" for i in range(4)]
+    responses, _ = exchange(srv, b"".join(build_request("GET", p) for p in paths), responses=len(paths))
+    for r, path in zip(responses, paths):
+        assert r.status == 200, r
+        report = r.json()
+        assert {k: report[k] for k in EXPECTED} == EXPECTED, report
+        assert report["request_var_after"] == path
+        assert report["child_saw"] == [path]
+        assert report["made_by_factory"] is factory, report
