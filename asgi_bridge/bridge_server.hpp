@@ -137,7 +137,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void after_run();
     void schedule_tick();
     void reraise_stashed();
-    PyObject* spawn(PyObject* coro);  // new reference to the Task, or nullptr
+    PyObject* spawn(PyObject* coro);          // new reference to the Task, or nullptr
     PyObject* call_soon(PyObject* callback);  // loop.call_soon(callback, context=base_context_)
 
     uv_loop_t uv_loop_{};
@@ -151,8 +151,8 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* loop_create_future_ = nullptr;
     PyObject* loop_call_soon_ = nullptr;
     PyObject* loop_call_later_ = nullptr;
-    PyObject* task_type_ = nullptr;          // asyncio.Task
-    PyObject* create_task_ = nullptr;        // loop.create_task, when the app set a task factory
+    PyObject* task_type_ = nullptr;    // asyncio.Task
+    PyObject* create_task_ = nullptr;  // loop.create_task, when the app set a task factory
     PyObject* loop_get_task_factory_ = nullptr;
     // The context the server was made in (the serving task's). Every request's Task runs in a
     // copy of it, and the loop callbacks scheduled here run in it, wherever they were scheduled
