@@ -50,6 +50,13 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
     loop_get_task_factory_ = PyObject_GetAttrString(loop, "get_task_factory");
     base_context_ = PyContext_CopyCurrent();
     kw_context_ = PyTuple_Pack(1, n::context);
+    if (loop_create_future_ == nullptr || loop_call_soon_ == nullptr ||
+        loop_call_later_ == nullptr || task_type_ == nullptr || create_task_ == nullptr ||
+        loop_get_task_factory_ == nullptr || base_context_ == nullptr || kw_context_ == nullptr) {
+        // Not an asyncio loop (or out of memory): fail here, with Python's error, rather than
+        // at the first request.
+        throw pybind11::error_already_set();
+    }
     asgi_template_ = PyDict_New();
     PyObject* version = PyUnicode_FromStringAndSize(
         options_.asgi_version.data(), static_cast<Py_ssize_t>(options_.asgi_version.size()));
