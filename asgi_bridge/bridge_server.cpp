@@ -370,7 +370,8 @@ PyObject* BridgeServer::spawn(PyObject* coro) {
     // A task factory the app installed (loop.set_task_factory, in lifespan startup say) makes
     // every request's Task, as loop.create_task does under Uvicorn. Without one the Task is
     // made here: the same Task (its own copy of the context, a "Task-N" name), without the
-    // loop method's wrapper around it (uvloop's create_task: about 1,400 instructions).
+    // loop method's wrapper around it (net of the factory check, 287 instructions fewer per
+    // hello request under callgrind on 3.11 with uvloop).
     // Either way the Task gets a copy of base_context_, not of the current context: spawn runs
     // inside the previous request's Task when that one's response lets a pipelined request in.
     PyObject* factory = PyObject_CallNoArgs(loop_get_task_factory_);
