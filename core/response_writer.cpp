@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <charconv>
+#include <cstring>
 
 namespace cppuvicorn::core {
 
@@ -79,42 +81,41 @@ constexpr Reason kReasons[] = {
     {511, "Network Authentication Required"},
 };
 
-// Uvicorn's HEADER_RE: CTLs, separators and whitespace are not allowed in names.
-bool valid_name(std::string_view name) {
-    if (name.empty()) return false;
-    for (unsigned char c : name) {
-        if (c <= 0x20 || c == 0x7f) return false;
-        switch (c) {
-            case '(':
-            case ')':
-            case '<':
-            case '>':
-            case '@':
-            case ',':
-            case ';':
-            case ':':
-            case '[':
-            case ']':
-            case '=':
-            case '{':
-            case '}':
-            case '\\':
-            case '"':
-                return false;
-            default:
-                break;
-        }
-    }
-    return true;
-}
+// Uvicorn's HEADER_RE: CTLs, separators and whitespace are not allowed in names. The table
+// gives each allowed byte in lower case (names go out lower-cased, as Uvicorn sends them) and 0
+// for each byte that is not allowed: one lookup per byte validates and lowers.
+constexpr std::array<char, 256> kNameBytes = [] {
+    std::array<char, 256> t{};
+    for (int c = 0x21; c < 0x7f; ++c)
+        t[c] = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    for (unsigned char c : std::string_view("()<>@,;:[]={}\\\""))
+        t[c] = 0;
+    for (int c = 0x80; c < 0x100; ++c)
+        t[c] = static_cast<char>(c);
+    return t;
+}();
 
 // Uvicorn's HEADER_VALUE_RE: CTLs other than HTAB are not allowed in values (this is what
 // keeps CR/LF, and so response splitting, off the wire).
+constexpr std::array<bool, 256> kBadValueBytes = [] {
+    std::array<bool, 256> t{};
+    for (int c = 0; c < 0x20; ++c)
+        t[c] = c != '\t';
+    t[0x7f] = true;
+    return t;
+}();
+
 bool valid_value(std::string_view value) {
-    for (unsigned char c : value) {
-        if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
-    }
-    return true;
+    bool bad = false;
+    for (unsigned char c : value)
+        bad |= kBadValueBytes[c];
+    return !bad;
+}
+
+char* put(char* p, std::string_view s) {
+    if (s.empty()) return p;  // an empty view may have no data pointer: not for memcpy
+    std::memcpy(p, s.data(), s.size());
+    return p + s.size();
 }
 
 bool iequals(std::string_view a, std::string_view lower) {
@@ -125,15 +126,6 @@ bool iequals(std::string_view a, std::string_view lower) {
         if (c != lower[i]) return false;
     }
     return true;
-}
-
-void append_lower(std::string& out, std::string_view s) {
-    std::size_t at = out.size();
-    out.append(s);
-    for (std::size_t i = at; i < out.size(); ++i) {
-        char& c = out[i];
-        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-    }
 }
 
 // "close" among the comma-separated tokens of a Connection value (RFC 9110 §7.6.1).
@@ -178,42 +170,74 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
                                 std::string_view date_line, std::string_view default_headers,
                                 ResponseState& state) {
     if (status < 100 || status > 599) return HeaderError::kBadStatus;
-    std::size_t estimate = 64 + date_line.size() + default_headers.size();
-    for (const auto& h : headers) {
-        if (!valid_name(h.name)) return HeaderError::kBadName;
-        if (!valid_value(h.value)) return HeaderError::kBadValue;
-        estimate += h.name.size() + h.value.size() + 4;
-    }
+    static constexpr std::string_view kClose = "connection: close\r\n";
+    static constexpr std::string_view kChunked = "transfer-encoding: chunked\r\n";
+    const std::string_view status_line = lines.line(status);
+    // An upper bound of the head's size: one resize, then plain stores (this runs once per
+    // response; appending piece by piece re-checked the capacity for every piece).
+    std::size_t size = status_line.size() + date_line.size() + default_headers.size() +
+                       kClose.size() + kChunked.size() + 2;
+    for (const auto& h : headers)
+        size += h.name.size() + h.value.size() + 4;
     const std::size_t start = out.size();
-    out.reserve(start + estimate);
-    out.append(lines.line(status));
-    out.append(date_line);
-    out.append(default_headers);
+    out.resize(start + size);
+    char* p = out.data() + start;
+    p = put(p, status_line);
+    p = put(p, date_line);
+    p = put(p, default_headers);
 
+    HeaderError error = HeaderError::kNone;
+    bool bad_length = false;
     bool has_length = false;
     bool chunked = false;
     bool close = false;
     std::uint64_t length = 0;
     for (const auto& h : headers) {
-        append_lower(out, h.name);
-        out.append(": ", 2);
-        out.append(h.value);
-        out.append("\r\n", 2);
-        if (iequals(h.name, "content-length") && !has_length && !chunked) {
-            if (!parse_length(h.value, length)) {
-                out.resize(start);
-                return HeaderError::kBadValue;
-            }
-            has_length = true;
-        } else if (iequals(h.name, "transfer-encoding") && iequals(h.value, "chunked")) {
-            chunked = true;
-        } else if (iequals(h.name, "connection") && has_close_token(h.value)) {
-            close = true;
+        if (h.name.empty()) {
+            error = HeaderError::kBadName;
+            break;
         }
+        char* name = p;
+        for (unsigned char c : h.name) {
+            const char lower = kNameBytes[c];
+            if (lower == 0) {
+                error = HeaderError::kBadName;
+                break;
+            }
+            *p++ = lower;
+        }
+        if (error != HeaderError::kNone) break;
+        if (!valid_value(h.value)) {
+            error = HeaderError::kBadValue;
+            break;
+        }
+        const std::string_view lname(name, h.name.size());
+        *p++ = ':';
+        *p++ = ' ';
+        p = put(p, h.value);
+        *p++ = '\r';
+        *p++ = '\n';
+        if (lname == "content-length") {
+            if (!has_length && !chunked) {
+                // A bad length is reported after every name and value has been checked, as
+                // it was when they were checked in a pass of their own.
+                bad_length = !parse_length(h.value, length);
+                has_length = true;
+            }
+        } else if (lname == "transfer-encoding") {
+            if (iequals(h.value, "chunked")) chunked = true;
+        } else if (lname == "connection") {
+            if (has_close_token(h.value)) close = true;
+        }
+    }
+    if (error == HeaderError::kNone && bad_length) error = HeaderError::kBadValue;
+    if (error != HeaderError::kNone) {
+        out.resize(start);
+        return error;
     }
     // Uvicorn 0.54: a connection that will not be kept alive says so, once.
     state.keep_alive = req.keep_alive && !close;
-    if (!state.keep_alive && !close) out.append("connection: close\r\n");
+    if (!state.keep_alive && !close) p = put(p, kClose);
 
     const bool no_body = req.head_method || status < 200 || status == 204 || status == 304;
     if (no_body) {
@@ -226,13 +250,15 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
     } else if (!req.http10) {
         // RFC 9112 §6.1: chunked only to HTTP/1.1 clients.
         state.framing = Framing::kChunked;
-        out.append("transfer-encoding: chunked\r\n");
+        p = put(p, kChunked);
     } else {
         // RFC 9112 §6.3: an HTTP/1.0 body without a length ends with the connection.
         state.framing = Framing::kUntilClose;
         state.keep_alive = false;
     }
-    out.append("\r\n", 2);
+    *p++ = '\r';
+    *p++ = '\n';
+    out.resize(static_cast<std::size_t>(p - out.data()));
     return HeaderError::kNone;
 }
 

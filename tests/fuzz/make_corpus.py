@@ -162,3 +162,19 @@ sup("fd-metrics", "--workers", "1", "--fd", "3", "--metrics-port", "9100", "--me
     "::1", "--healthcheck-timeout", "1e-3", *WORKER)
 sup("bad-numbers", "--workers", "2x", "--port", "65536", "--drain", "nan", *WORKER)
 sup("no-worker", "--workers", "3", "--")
+
+
+# ---- fuzz_response_head: flags, a big-endian status, then "name:value" lines -------------------
+def head(name: str, flags: int, status: int, *headers: bytes) -> None:
+    write("fuzz_response_head", name, bytes([flags]) + status.to_bytes(2, "big") + b"\n".join(headers))
+
+
+HEAD_METHOD, HTTP10, KEEP_ALIVE, BEFORE = 1, 2, 4, 8
+head("plain", KEEP_ALIVE, 200, b"content-type:text/plain", b"content-length:13")
+head("chunked", KEEP_ALIVE | BEFORE, 200, b"Transfer-Encoding:Chunked", b"X-Mixed-Case:v\tw")
+head("close", KEEP_ALIVE, 404, b"Connection: keep-alive, CLOSE ", b"content-length:0")
+head("http10", HTTP10, 200, b"x-a:b")
+head("head-204", HEAD_METHOD | KEEP_ALIVE, 204, b"content-length:5", b"content-length:x")
+head("bad-name", KEEP_ALIVE, 200, b"content-length:x", b"bad name:v")
+head("bad-value", KEEP_ALIVE, 500, b"x:\r\nset-cookie: a", b"\x80\xff:\x7f")
+head("bad-status", 0, 600, b"content-length:1")

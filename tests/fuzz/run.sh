@@ -28,7 +28,7 @@ fi
 for t in "${targets[@]}"; do
     args=(-max_len=4096 -artifact_prefix=artifacts/"$t"- -print_final_stats=1)
     case "$t" in
-        fuzz_http_*) args+=(-dict="$ROOT/tests/fuzz/http.dict") ;;
+        fuzz_http_*|fuzz_response_head) args+=(-dict="$ROOT/tests/fuzz/http.dict") ;;
         fuzz_proxy_headers) args+=(-dict="$ROOT/tests/fuzz/proxy.dict") ;;
         fuzz_supervisor_args) args+=(-dict="$ROOT/tests/fuzz/supervisor.dict") ;;
     esac

@@ -208,6 +208,56 @@ TEST_CASE("ResponseWriter: invalid heads are rejected and nothing is appended",
     }
 }
 
+TEST_CASE("ResponseWriter: every byte is judged as Uvicorn's header patterns judge it",
+          "[response_writer]") {
+    // HEADER_RE: a token (no CTL, space, DEL or separator); HEADER_VALUE_RE: no CTL but HTAB.
+    const std::string_view separators = "()<>@,;:[]={}\\\"";
+    for (int b = 0; b < 256; ++b) {
+        const char c = static_cast<char>(b);
+        CAPTURE(b);
+        const bool name_ok = b > 0x20 && b != 0x7f && separators.find(c) == std::string_view::npos;
+        Head named = write_head(200, {{"x-"s + c + "Y", "v"}, {"content-length", "0"}});
+        CHECK((named.error == HeaderError::kNone) == name_ok);
+        if (name_ok) {
+            // Names go out lower-cased (ASCII letters only), values as given.
+            const char lower = b >= 'A' && b <= 'Z' ? static_cast<char>(b + 32) : c;
+            CHECK(named.bytes.find("\r\nx-"s + lower + "y: v\r\n") != std::string::npos);
+        }
+        const bool value_ok = (b >= 0x20 && b != 0x7f) || b == '\t';
+        Head valued = write_head(200, {{"X-Value", "a"s + c + "B"}, {"content-length", "0"}});
+        CHECK((valued.error == HeaderError::kNone) == value_ok);
+        if (value_ok)
+            CHECK(valued.bytes.find("\r\nx-value: a"s + c + "B\r\n") != std::string::npos);
+    }
+}
+
+TEST_CASE("ResponseWriter: framing headers are recognised in any case", "[response_writer]") {
+    Head length = write_head(200, {{"Content-Length", "3"}});
+    CHECK(length.state.framing == Framing::kContentLength);
+    CHECK(length.state.remaining == 3);
+    CHECK(length.bytes.find("transfer-encoding") == std::string::npos);
+    Head chunked = write_head(200, {{"Transfer-Encoding", "Chunked"}});
+    CHECK(chunked.state.framing == Framing::kChunked);
+    CHECK(chunked.bytes.find("transfer-encoding: Chunked\r\n\r\n") != std::string::npos);
+    Head close = write_head(200, {{"CONNECTION", "keep-alive, Close"}, {"content-length", "0"}});
+    CHECK_FALSE(close.state.keep_alive);
+    CHECK(close.bytes.find("connection: close") == std::string::npos);  // the app's, not a second
+}
+
+TEST_CASE("ResponseWriter: a bad name or value is reported before a bad content-length",
+          "[response_writer]") {
+    // Names and values are checked in order; a content-length that is not a number only
+    // counts when every name and value is valid.
+    Head name = write_head(200, {{"content-length", "x"}, {"bad name", "v"}}, {}, "kept");
+    CHECK(name.error == HeaderError::kBadName);
+    CHECK(name.bytes == "kept");
+    Head value = write_head(200, {{"content-length", "x"}, {"v", "a\nb"}}, {}, "kept");
+    CHECK(value.error == HeaderError::kBadValue);
+    Head length = write_head(200, {{"content-length", "x"}, {"v", "ok"}}, {}, "kept");
+    CHECK(length.error == HeaderError::kBadValue);
+    CHECK(length.bytes == "kept");
+}
+
 TEST_CASE("ResponseWriter: body chunks are framed per the response's framing",
           "[response_writer]") {
     ResponseState state;
