@@ -497,13 +497,15 @@ PyObject* CycleHandler::send(PyObject* message) {
         // Uvicorn: send() after a client disconnect is a silent no-op for HTTP.
         result = Py_NewRef(reinterpret_cast<PyObject*>(ready_none));
     } else if (!response_started_) {
-        if (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_start) == 0) {
+        if (type == n::http_response_start ||
+            (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_start) == 0)) {
             result = send_start(message);
         } else {
             runtime_error("Expected ASGI message 'http.response.start', but got '%S'.", type);
         }
     } else if (!response_complete_) {
-        if (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_body) == 0) {
+        if (type == n::http_response_body ||
+            (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_body) == 0)) {
             result = send_body(message);
         } else if (PyUnicode_Check(type) &&
                    PyUnicode_Compare(type, n::http_response_pathsend) == 0) {
@@ -535,43 +537,57 @@ PyObject* CycleHandler::send_start(PyObject* message) {
     Py_DECREF(headers);
     if (seq == nullptr) return nullptr;
 
-    // The pairs (and their bytes) stay alive in `seq` while core copies them.
-    std::vector<core::Header> list;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    list.reserve(static_cast<std::size_t>(count));
+    // The pairs (and their bytes) stay alive in `keep` while core copies them. Most responses
+    // have a handful of headers: those lists live on the stack, not on the heap.
+    constexpr Py_ssize_t kInline = 16;
+    core::Header inline_list[kInline];
+    PyObject* inline_keep[kInline];
+    std::vector<core::Header> heap_list;
+    std::vector<PyObject*> heap_keep;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    core::Header* list = inline_list;
+    PyObject** keep = inline_keep;
+    if (count > kInline) {
+        heap_list.resize(static_cast<std::size_t>(count));
+        heap_keep.resize(static_cast<std::size_t>(count));
+        list = heap_list.data();
+        keep = heap_keep.data();
+    }
+    Py_ssize_t kept = 0;
+    auto release = [&] {
+        for (Py_ssize_t i = 0; i < kept; ++i)
+            Py_DECREF(keep[i]);
+    };
     PyObject** items = PySequence_Fast_ITEMS(seq);
-    std::vector<PyObject*> keep;
     for (Py_ssize_t i = 0; i < count; ++i) {
         PyObject* pair = PySequence_Fast(items[i], "ASGI header must be a (name, value) pair");
         if (pair == nullptr || PySequence_Fast_GET_SIZE(pair) != 2) {
             Py_XDECREF(pair);
-            for (PyObject* k : keep)
-                Py_DECREF(k);
+            release();
             Py_DECREF(seq);
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_TypeError, "ASGI header must be a (name, value) pair");
             }
             return nullptr;
         }
-        keep.push_back(pair);
+        keep[kept++] = pair;
         PyObject* name = PySequence_Fast_GET_ITEM(pair, 0);
         PyObject* value = PySequence_Fast_GET_ITEM(pair, 1);
         if (!PyBytes_Check(name) || !PyBytes_Check(value)) {
-            for (PyObject* k : keep)
-                Py_DECREF(k);
+            release();
             Py_DECREF(seq);
             PyErr_SetString(PyExc_TypeError, "ASGI header names and values must be bytes");
             return nullptr;
         }
-        list.push_back(
-            {{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
-             {PyBytes_AS_STRING(value), static_cast<std::size_t>(PyBytes_GET_SIZE(value))}});
+        list[i] = {{PyBytes_AS_STRING(name), static_cast<std::size_t>(PyBytes_GET_SIZE(name))},
+                   {PyBytes_AS_STRING(value), static_cast<std::size_t>(PyBytes_GET_SIZE(value))}};
     }
-    core::WriteResult r =
-        conn_ ? conn_->start_response(static_cast<int>(status), list) : core::WriteResult::kClosed;
+    core::WriteResult r = conn_ ? conn_->start_response(static_cast<int>(status),
+                                                        std::span<const core::Header>(
+                                                            list, static_cast<std::size_t>(count)))
+                                : core::WriteResult::kClosed;
     core::HeaderError err = conn_ ? conn_->last_header_error() : core::HeaderError::kNone;
-    for (PyObject* k : keep)
-        Py_DECREF(k);
+    release();
     status_ = static_cast<int>(status);
     if (server_.access_log_timed()) {
         Py_XSETREF(response_headers_, seq);

@@ -219,8 +219,9 @@ PyObject* log_target(PyObject* scope) {
 namespace {
 
 // The HTTP scope's keys, in the order of Uvicorn's scope (its trace log prints the dict as it
-// is), with None for every value: a request's scope starts as a copy of it. Copying a dict is
-// one block copy of its key table; building it key by key grew and rehashed it twice.
+// is), with "http" for type and None for every other value: a request's scope starts as a copy
+// of it. Copying a dict is one block copy of its key table; building it key by key grew and
+// rehashed it twice.
 PyObject* http_scope_template(bool with_state) {
     namespace n = py_names;
     static PyObject* templates[2] = {nullptr, nullptr};
@@ -233,7 +234,7 @@ PyObject* http_scope_template(bool with_state) {
     if (d == nullptr) return nullptr;
     for (PyObject* key : keys) {
         if (key == n::state && !with_state) continue;
-        if (PyDict_SetItem(d, key, Py_None) != 0) {
+        if (PyDict_SetItem(d, key, key == n::type ? n::http : Py_None) != 0) {
             Py_DECREF(d);
             return nullptr;
         }
@@ -250,12 +251,11 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
     std::string_view query;
     split_target(head.target, raw_path, query);
 
-    // Every value below replaces the template's None: no key is added.
+    // Every value below replaces the template's None (type is already "http"): no key is added.
     PyObject* tmpl = http_scope_template(in.state != nullptr);
     PyObject* scope = tmpl != nullptr ? PyDict_Copy(tmpl) : nullptr;
     if (scope == nullptr) return nullptr;
     bool ok =
-        PyDict_SetItem(scope, n::type, n::http) == 0 &&
         set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
         PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) == 0 &&
         PyDict_SetItem(scope, n::server, in.server) == 0 &&
