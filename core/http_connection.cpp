@@ -105,12 +105,16 @@ void HttpConnection::process(std::string_view data) {
     in_process_ = false;
     if (closed_) return;
     if (!transport_.out().empty()) {
-        // With a request still being answered, leave the write to the end of the turn:
-        // Server::run_deferred may hold it back to join that request's response (pipelining).
-        if (awaiting_response()) {
-            transport_.schedule_flush();
-        } else {
+        // Leave the write to the end of the turn (Server::run_deferred, after every connection
+        // with bytes this turn has been read): a request still being answered may join its
+        // response there (pipelining), and responses answered at once (an eagerly started
+        // Task on Python 3.12+, an error) leave back to back. Writing each as its request was
+        // read woke the client once per response: on a 3.13 FastAPI run, 13 % of the server's
+        // time went to those wake-ups and throughput fell by a quarter.
+        if (transport_.out().size() >= ctx_.config.write_high_water) {
             transport_.flush();
+        } else {
+            transport_.schedule_flush();
         }
     }
     // `data` is what the last execute() consumed: without a request in flight, the start (or

@@ -72,6 +72,11 @@ TEST_CASE("HttpConnection: a keep-alive GET is answered and the connection stays
 
     rig.wire.deliver("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
     REQUIRE(rig.app.events == Events{"head GET /x", "body_complete", "release"});
+    // Answered while its request was read: the write waits for the end of the loop turn, so
+    // the responses of every connection read in this turn leave back to back.
+    CHECK(rig.wire.written().empty());
+    CHECK(rig.wire.flush_scheduled());
+    rig.wire.end_of_turn();
     REQUIRE(rig.wire.written() == ok("hello"));
     CHECK(rig.wire.flushes() == 1);  // the whole batch leaves in one flush
     CHECK_FALSE(rig.wire.closed());
@@ -81,6 +86,7 @@ TEST_CASE("HttpConnection: a keep-alive GET is answered and the connection stays
     rig.wire.deliver("GET /y HTTP/1.1\r\nHost: a\r\n\r\n");
     REQUIRE(rig.app.events == Events{"head GET /x", "body_complete", "release", "head GET /y",
                                      "body_complete", "release"});
+    rig.wire.end_of_turn();
     REQUIRE(rig.wire.written() == ok("hello") + ok("hello"));
     CHECK_FALSE(rig.wire.closed());
     REQUIRE(rig.app.heads.size() == 2);
@@ -138,6 +144,7 @@ TEST_CASE("HttpConnection: pipelined requests answered synchronously leave in on
     rig.app.respond_at(Moment::kOnBodyComplete, Response::text("x"));
     rig.wire.deliver(kGet1 + kGet2 + kGet3);
     REQUIRE(rig.app.count("release") == 3);
+    rig.wire.end_of_turn();
     REQUIRE(rig.wire.written() == ok("x") + ok("x") + ok("x"));
     CHECK(rig.wire.flushes() == 1);
     CHECK_FALSE(rig.wire.resume_scheduled());
@@ -304,6 +311,7 @@ TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothin
     }
     SECTION("idle after a request: trimmed once, and the next request is served as usual") {
         rig.wire.deliver(kGet1);
+        rig.wire.end_of_turn();
         REQUIRE(rig.wire.take_written() == ok("one"));
         rig.conn.trim();
         rig.conn.trim();  // already trimmed: nothing more happens
@@ -311,6 +319,7 @@ TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothin
         REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release", "idle"});
         rig.app.events.clear();
         rig.wire.deliver(kGet2);
+        rig.wire.end_of_turn();
         CHECK(rig.wire.take_written() == ok("one"));
         CHECK(rig.app.events == Events{"head GET /2", "body_complete", "release"});
         CHECK(rig.conn.idle());
@@ -320,6 +329,7 @@ TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothin
         rig.conn.trim();
         CHECK(rig.wire.trims() == 0);
         rig.wire.deliver("st: a\r\n\r\n");
+        rig.wire.end_of_turn();
         CHECK(rig.wire.take_written() == ok("one"));
         CHECK(rig.app.events == Events{"head GET /half", "body_complete", "release"});
     }
@@ -357,6 +367,7 @@ TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothin
     }
     SECTION("a trimmed connection answers a malformed request with 400, as before") {
         rig.wire.deliver(kGet1);
+        rig.wire.end_of_turn();
         rig.conn.trim();
         rig.wire.take_written();
         rig.wire.deliver("BAD\x01 / HTTP/1.1\r\n\r\n");
@@ -943,6 +954,7 @@ TEST_CASE("HttpConnection: send_file copies a file through a full socket, chunk 
     // The connection carries on.
     rig.app.respond_at(Moment::kOnBodyComplete, Response::text("next"));
     rig.wire.deliver(kGet2);
+    rig.wire.end_of_turn();
     CHECK(rig.wire.written() == ok("next"));
 }
 
