@@ -497,15 +497,13 @@ PyObject* CycleHandler::send(PyObject* message) {
         // Uvicorn: send() after a client disconnect is a silent no-op for HTTP.
         result = Py_NewRef(reinterpret_cast<PyObject*>(ready_none));
     } else if (!response_started_) {
-        if (type == n::http_response_start ||
-            (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_start) == 0)) {
+        if (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_start) == 0) {
             result = send_start(message);
         } else {
             runtime_error("Expected ASGI message 'http.response.start', but got '%S'.", type);
         }
     } else if (!response_complete_) {
-        if (type == n::http_response_body ||
-            (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_body) == 0)) {
+        if (PyUnicode_Check(type) && PyUnicode_Compare(type, n::http_response_body) == 0) {
             result = send_body(message);
         } else if (PyUnicode_Check(type) &&
                    PyUnicode_Compare(type, n::http_response_pathsend) == 0) {

@@ -93,7 +93,7 @@ PyObject* message_get(PyObject* message, PyObject* key) {
 }
 
 bool is(PyObject* type, PyObject* name) {
-    return type == name || (PyUnicode_Check(type) && PyUnicode_Compare(type, name) == 0);
+    return PyUnicode_Check(type) && PyUnicode_Compare(type, name) == 0;
 }
 
 // Steals `value`; false (with an error set) if value is null or insertion fails.

@@ -112,6 +112,18 @@ bool valid_value(std::string_view value) {
     return !bad;
 }
 
+// Copies `name` lower-cased to `p` and returns the end; nullptr if the name is empty or has a
+// byte HEADER_RE refuses.
+char* put_name(char* p, std::string_view name) {
+    if (name.empty()) return nullptr;
+    for (unsigned char c : name) {
+        const char lower = kNameBytes[c];
+        if (lower == 0) return nullptr;
+        *p++ = lower;
+    }
+    return p;
+}
+
 char* put(char* p, std::string_view s) {
     if (s.empty()) return p;  // an empty view may have no data pointer: not for memcpy
     std::memcpy(p, s.data(), s.size());
@@ -193,20 +205,12 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
     bool close = false;
     std::uint64_t length = 0;
     for (const auto& h : headers) {
-        if (h.name.empty()) {
+        char* name = p;
+        p = put_name(p, h.name);
+        if (p == nullptr) {
             error = HeaderError::kBadName;
             break;
         }
-        char* name = p;
-        for (unsigned char c : h.name) {
-            const char lower = kNameBytes[c];
-            if (lower == 0) {
-                error = HeaderError::kBadName;
-                break;
-            }
-            *p++ = lower;
-        }
-        if (error != HeaderError::kNone) break;
         if (!valid_value(h.value)) {
             error = HeaderError::kBadValue;
             break;

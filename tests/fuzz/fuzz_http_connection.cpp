@@ -29,11 +29,10 @@
 #include "core/response_writer.hpp"
 #include "core/transport.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <string>
@@ -44,15 +43,6 @@
 namespace {
 
 using namespace cppuvicorn::core;
-
-[[noreturn]] void violated(const char* what) {
-    std::fprintf(stderr, "fuzz_http_connection: invariant violated: %s\n", what);
-    std::abort();
-}
-#define FUZZ_CHECK(cond)              \
-    do {                              \
-        if (!(cond)) violated(#cond); \
-    } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // The transport: tests/unit/support/fake_transport.hpp plus the "nothing after close" checks.
@@ -176,7 +166,7 @@ struct Request final : RequestHandler {
     void on_release() noexcept override;
 
     void alive(const char* what) const {
-        if (releases != 0) violated(what);
+        if (releases != 0) cppuvicorn::fuzz::violated(what);
     }
 };
 

@@ -17,10 +17,9 @@
 #include "core/config.hpp"
 #include "core/http_parser.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,15 +31,6 @@ using cppuvicorn::core::ParseResult;
 using cppuvicorn::core::ParserSink;
 using cppuvicorn::core::RequestHead;
 using cppuvicorn::core::ServerConfig;
-
-[[noreturn]] void violated(const char* what) {
-    std::fprintf(stderr, "fuzz_http_parser: invariant violated: %s\n", what);
-    std::abort();
-}
-#define FUZZ_CHECK(cond)              \
-    do {                              \
-        if (!(cond)) violated(#cond); \
-    } while (0)
 
 ServerConfig make_config(std::uint8_t flags) {
     ServerConfig c;

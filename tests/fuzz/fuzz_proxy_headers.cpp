@@ -15,10 +15,10 @@
 // canonical form is a fixed point.
 #include "core/proxy_headers.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,15 +26,6 @@
 namespace {
 
 using namespace cppuvicorn::core;
-
-[[noreturn]] void violated(const char* what) {
-    std::fprintf(stderr, "fuzz_proxy_headers: invariant violated: %s\n", what);
-    std::abort();
-}
-#define FUZZ_CHECK(cond)              \
-    do {                              \
-        if (!(cond)) violated(#cond); \
-    } while (0)
 
 std::vector<std::string_view> split(std::string_view s, char sep) {
     std::vector<std::string_view> out;

@@ -14,11 +14,10 @@
 #include "core/request_handler.hpp"
 #include "core/response_writer.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,15 +25,6 @@
 namespace {
 
 using namespace cppuvicorn::core;
-
-[[noreturn]] void violated(const char* what) {
-    std::fprintf(stderr, "fuzz_response_head: invariant violated: %s\n", what);
-    std::abort();
-}
-#define FUZZ_CHECK(cond)              \
-    do {                              \
-        if (!(cond)) violated(#cond); \
-    } while (0)
 
 bool ref_valid_name(std::string_view name) {
     if (name.empty()) return false;

@@ -9,11 +9,10 @@
 // arguments, parse to exactly the same options.
 #include "cli/src/supervisor.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -24,9 +23,7 @@ using cppuvicorn::cli::SupervisorOptions;
 namespace {
 
 void check(bool ok, const char* what) {
-    if (ok) return;
-    std::fprintf(stderr, "fuzz_supervisor_args: invariant violated: %s\n", what);
-    std::abort();
+    if (!ok) cppuvicorn::fuzz::violated(what);
 }
 
 std::string num(double v) {

@@ -19,10 +19,9 @@
 //                   bits, a clean response header value, and a working WsDeflate.
 #include "core/websocket_codec.hpp"
 
+#include "tests/fuzz/fuzz_check.hpp"
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,15 +29,6 @@
 namespace {
 
 using namespace cppuvicorn::core;
-
-[[noreturn]] void violated(const char* what) {
-    std::fprintf(stderr, "fuzz_websocket_codec: invariant violated: %s\n", what);
-    std::abort();
-}
-#define FUZZ_CHECK(cond)              \
-    do {                              \
-        if (!(cond)) violated(#cond); \
-    } while (0)
 
 // xorshift32: split sizes from a one-byte seed.
 struct Splits {
