@@ -145,7 +145,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="how long the handler takes (default 10)")
     ap.add_argument("--requests", type=int, default=20, help="parallel requests (default 20)")
     ap.add_argument("--servers", default="uvicorn,cppuvicorn")
-    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the servers")
+    ap.add_argument("--python", default=sys.executable, type=os.path.abspath, help="the interpreter that runs the servers")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "blocking-demo.md")
     args = ap.parse_args()
 

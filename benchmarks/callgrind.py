@@ -171,7 +171,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arms", default="hello,hello-counters,fastapi_json")
     p.add_argument("-n", type=int, default=2000, help="requests in the short run (default 2000)")
-    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath)
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--out", default=None)
     p.add_argument("--compare", metavar="FILE", default=None,

@@ -742,7 +742,7 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=15.0, help="per-request client timeout (default %(default)s s)")
     p.add_argument("--skip", default="", help="comma list of phases to leave out")
     p.add_argument("--no-stubborn", action="store_true", help="leave out leak_stubborn")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs cppuvicorn (default: this one)")
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath, help="interpreter that runs cppuvicorn (default: this one)")
     p.add_argument("--out", default=None, help="Markdown report path (default results/chaos-<date>.md)")
     p.add_argument("--json", default=None, help="also write the raw results as JSON to this path")
     p.add_argument("--records", default=None, help="write every request (JSON lines) to this path")

@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=4)
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath)
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--client-cpu", type=int, default=0)
     p.add_argument("--no-perf", action="store_true")

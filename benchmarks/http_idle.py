@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--connect-timeout", type=float, default=120.0)
     p.add_argument("--target", type=float, default=0.1,
                    help="target per-connection ratio cppuvicorn / uvicorn (default 0.1)")
-    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath)
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--client-cpu", type=int, default=0)
     p.add_argument("--startup-timeout", type=float, default=30.0)

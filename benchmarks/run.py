@@ -969,6 +969,29 @@ def aggregate(records: list[dict], baseline: str, servers: list[str], scenarios:
     return rows
 
 
+def head_to_head(records: list[dict], subject: str = "cppuvicorn") -> list[dict]:
+    """``subject``'s req/s over every other server's, per round (same scenario, connections
+    and round), so that anchors other than the baseline get ratios measured side by side."""
+    good = [r for r in records if r.get("rps") and not r.get("error")]
+    by = {(r["scenario"], r["conns"], r["server"], r["round"]): r for r in good}
+    keys = sorted({(r["scenario"], r["conns"], r["server"]) for r in good if r["server"] != subject},
+                  key=lambda k: (list(SCENARIOS).index(k[0]), k[1], k[2]))
+    out = []
+    for sc, c, other in keys:
+        ratios, core_ratios = [], []
+        for (sc2, c2, s2, rnd), o in by.items():
+            mine = by.get((sc, c, subject, rnd))
+            if (sc2, c2, s2) != (sc, c, other) or mine is None:
+                continue
+            ratios.append(mine["rps"] / o["rps"])
+            if mine.get("server_cpu") and o.get("server_cpu"):
+                core_ratios.append((mine["rps"] / mine["server_cpu"]) / (o["rps"] / o["server_cpu"]))
+        if ratios:
+            out.append({"scenario": sc, "conns": c, "other": other, "ratio": spread(ratios),
+                        "per_core": spread(core_ratios)})
+    return out
+
+
 def cell(sp: dict | None, f: Callable[[float], str]) -> str:
     if not sp:
         return "–"
@@ -1074,6 +1097,16 @@ def render_markdown(meta: dict, rows: list[dict], records: list[dict], chart_fil
                     vals.append(cell(rr["ratio_vs_baseline"], fmt_ratio) if rr else "–")
                 if any(v != "–" for v in vals):
                     L.append(f"| {sc} | {c} | " + " | ".join(vals) + " |")
+        L.append("")
+    h2h = head_to_head(records)
+    if any(h["other"] != baseline for h in h2h):
+        L.append("### Summary: cppuvicorn against each server (median [min–max] of per-round "
+                 "ratios)\n")
+        L.append("| scenario | conns | against | req/s ratio | per-core ratio |")
+        L.append("|---|---|---|---|---|")
+        for h in h2h:
+            L.append(f"| {h['scenario']} | {h['conns']} | {h['other']} | "
+                     f"{cell(h['ratio'], fmt_ratio)} | {cell(h['per_core'], fmt_ratio)} |")
         L.append("")
     noisy = [r for r in records if r.get("others_cpu") is not None
              and r["others_cpu"] > meta["noise_threshold"]]
@@ -1279,7 +1312,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 round, 2 s measure, 1 s warm-up (unless given explicitly)")
     p.add_argument("--baseline", default="uvicorn", help="ratios are vs this server")
-    p.add_argument("--python", default=sys.executable,
+    # abspath, not resolve: the servers run in a temporary directory, and resolving a venv's
+    # python symlink would leave the venv.
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath,
                    help="interpreter that runs the Python servers (default: this one)")
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--client-cpu", type=int, default=0)
@@ -1302,6 +1337,9 @@ def parse_args(argv=None):
     p.add_argument("--keep-logs", action="store_true",
                    help="keep per-measurement server logs and wrk output in the work dir")
     p.add_argument("--no-charts", action="store_true")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="measure nothing: write the report (and charts) again from a results "
+                   "JSON this script wrote, e.g. after the report's format changed")
     a = p.parse_args(argv)
     a.rounds = a.rounds if a.rounds is not None else (1 if a.quick else 5)
     a.duration = a.duration if a.duration is not None else (2 if a.quick else 5)
@@ -1310,8 +1348,23 @@ def parse_args(argv=None):
     return a
 
 
+def render_saved(path: Path, args) -> int:
+    data = json.loads(path.read_text())
+    meta, records = data["meta"], data["records"]
+    rows = aggregate(records, args.baseline, meta["servers"], meta["scenarios"],
+                     meta["connections"])
+    base = path.with_suffix("")
+    charts = [] if args.no_charts else make_charts(rows, meta, base)
+    base.with_suffix(".md").write_text(
+        render_markdown(meta, rows, records, charts, args.baseline, args.client_bound))
+    print(f"wrote {base.with_suffix('.md')}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_saved(Path(args.render).absolute(), args)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     connections = [int(c) for c in args.connections.split(",") if c.strip()]

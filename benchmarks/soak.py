@@ -301,7 +301,7 @@ def parse_args(argv=None):
     p.add_argument("--fd-settle", type=float, default=15.0,
                    help="seconds the fds may take to come back to the baseline (default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds (default %(default)s)")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs cppuvicorn (default: this one)")
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath, help="interpreter that runs cppuvicorn (default: this one)")
     p.add_argument("--out", default=None, help="Markdown report path (default results/soak-<date>.md)")
     p.add_argument("--json", default=None, help="also write the raw results as JSON to this path")
     p.add_argument("--label", default=None, help="report title (default: from the durations)")

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--connect-timeout", type=float, default=120.0)
     p.add_argument("--target", type=float, default=0.2,
                    help="target per-connection ratio cppuvicorn / uvicorn (default 0.2)")
-    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath)
     p.add_argument("--wsload", default=None)
     p.add_argument("--server-cpu", type=int, default=1)
     p.add_argument("--client-cpu", type=int, default=0)

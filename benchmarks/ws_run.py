@@ -356,7 +356,7 @@ def parse_args(argv=None):
                    "--quick: 1)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s, 1 s warm-up")
     p.add_argument("--baseline", default="uvicorn", help="ratios are vs this server")
-    p.add_argument("--python", default=sys.executable,
+    p.add_argument("--python", default=sys.executable, type=os.path.abspath,
                    help="interpreter that runs the Python servers (default: this one)")
     p.add_argument("--wsload", default=None,
                    help="wsload binary (default: build benchmarks/wsload/build/wsload with g++)")
