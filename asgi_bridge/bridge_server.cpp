@@ -69,6 +69,10 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
                                           static_cast<Py_ssize_t>(options_.scheme.size()));
     root_path_ = PyUnicode_FromStringAndSize(options_.root_path.data(),
                                              static_cast<Py_ssize_t>(options_.root_path.size()));
+    if (scheme_ != nullptr && root_path_ != nullptr) {
+        http_template_ = make_http_scope_template(scheme_, root_path_, state_ != nullptr);
+        if (http_template_ == nullptr) PyErr_Clear();  // scopes fall back to the generic one
+    }
     if (options_.tls != nullptr) {
         server_.set_tls(options_.tls);
         const std::string& pem = options_.tls->server_cert_pem();
@@ -99,6 +103,7 @@ BridgeServer::~BridgeServer() {
                         asgi_template_,
                         scheme_,
                         root_path_,
+                        http_template_,
                         server_cert_,
                         run_cb_,
                         tick_cb_,
@@ -418,7 +423,8 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
     }
     ConnData& cd = conn_data(conn);
     ScopeInputs in{asgi_template_, cd.client,          cd.server, scheme_,
-                   root_path_,     options_.root_path, state_,    cd.tls};
+                   root_path_,     options_.root_path, state_,    cd.tls,
+                   http_template_, scheme_};
     PyObject* forwarded_client = nullptr;
     PyObject* scope = nullptr;
     if (cd.client != nullptr &&

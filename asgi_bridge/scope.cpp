@@ -223,10 +223,17 @@ namespace {
 // of it. Copying a dict is one block copy of its key table; building it key by key grew and
 // rehashed it twice.
 PyObject* http_scope_template(bool with_state) {
-    namespace n = py_names;
     static PyObject* templates[2] = {nullptr, nullptr};
     PyObject*& t = templates[with_state ? 1 : 0];
-    if (t != nullptr) return t;
+    // kept for the life of the process, as the interned names are
+    if (t == nullptr) t = make_http_scope_template(Py_None, Py_None, with_state);
+    return t;
+}
+
+}  // namespace
+
+PyObject* make_http_scope_template(PyObject* scheme, PyObject* root_path, bool with_state) {
+    namespace n = py_names;
     PyObject* keys[] = {n::type,   n::asgi,      n::http_version, n::server,    n::client,
                         n::scheme, n::root_path, n::headers,      n::state,     n::method,
                         n::path,   n::raw_path,  n::query_string, n::extensions};
@@ -234,16 +241,18 @@ PyObject* http_scope_template(bool with_state) {
     if (d == nullptr) return nullptr;
     for (PyObject* key : keys) {
         if (key == n::state && !with_state) continue;
-        if (PyDict_SetItem(d, key, key == n::type ? n::http : Py_None) != 0) {
+        PyObject* value = key == n::type           ? n::http
+                          : key == n::http_version ? n::v1_1
+                          : key == n::scheme       ? scheme
+                          : key == n::root_path    ? root_path
+                                                   : Py_None;
+        if (PyDict_SetItem(d, key, value) != 0) {
             Py_DECREF(d);
             return nullptr;
         }
     }
-    t = d;  // kept for the life of the process, as the interned names are
-    return t;
+    return d;
 }
-
-}  // namespace
 
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in) {
     namespace n = py_names;
@@ -251,17 +260,22 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
     std::string_view query;
     split_target(head.target, raw_path, query);
 
-    // Every value below replaces the template's None (type is already "http"): no key is added.
-    PyObject* tmpl = http_scope_template(in.state != nullptr);
+    // Every value below replaces one of the template's (type is already "http"): no key is
+    // added. A server's own template has http_version, scheme and root_path filled in already:
+    // about 190 instructions a PyDict_SetItem, three fewer per request.
+    const bool own = in.http_template != nullptr;
+    PyObject* tmpl = own ? in.http_template : http_scope_template(in.state != nullptr);
     PyObject* scope = tmpl != nullptr ? PyDict_Copy(tmpl) : nullptr;
     if (scope == nullptr) return nullptr;
     bool ok =
         set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
-        PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) == 0 &&
+        ((own && head.http_minor != 0) ||
+         PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) == 0) &&
         PyDict_SetItem(scope, n::server, in.server) == 0 &&
         PyDict_SetItem(scope, n::client, in.client) == 0 &&
-        PyDict_SetItem(scope, n::scheme, in.scheme) == 0 &&
-        PyDict_SetItem(scope, n::root_path, in.root_path) == 0 &&
+        ((own && in.scheme == in.template_scheme) ||
+         PyDict_SetItem(scope, n::scheme, in.scheme) == 0) &&
+        (own || PyDict_SetItem(scope, n::root_path, in.root_path) == 0) &&
         set_item(scope, n::headers, build_headers(head));
     if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
     ok = ok &&

@@ -24,7 +24,16 @@ struct ScopeInputs {
     std::string_view root_path_bytes;
     PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
     PyObject* tls = nullptr;  // the connection's ASGI "tls" extension dict, or nullptr
+    // The server's scope template (make_http_scope_template): http_version "1.1", its scheme
+    // and root_path already in. nullptr: a generic template, every value set per scope.
+    PyObject* http_template = nullptr;
+    PyObject* template_scheme = nullptr;  // the scheme in http_template
 };
+
+// A scope template for one server: every key of an HTTP scope, with type "http",
+// http_version "1.1", `scheme` and `root_path` set and None elsewhere (a `state` key only if
+// with_state). build_http_scope copies it and sets only what differs. New reference.
+PyObject* make_http_scope_template(PyObject* scheme, PyObject* root_path, bool with_state);
 
 // The ASGI "tls" extension of one connection (server_cert, client_cert_chain,
 // client_cert_name, client_cert_error, tls_version, cipher_suite): new reference, or nullptr
