@@ -143,6 +143,10 @@ def run_once(args, arm: str, n: int, workdir: Path) -> int:
         cmd = [args.python, str(HERE / "with_metrics_region.py"), "--", *cmd]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(APPS), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    # A fixed string-hash seed: dict probing then costs the same in every run. With random
+    # seeds, libpython's count moved by a few hundred instructions per request between runs
+    # of the same build; with a fixed one, by about 30.
+    env.setdefault("PYTHONHASHSEED", "0")
     log = open(workdir / f"{arm}.{n}.log", "wb")
     proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -202,7 +206,8 @@ def main() -> int:
     stem = args.out or f"callgrind-{date}"
     lines = [f"# Instructions per request (callgrind), {date}\n",
              f"Command: `benchmarks/callgrind.py {' '.join(sys.argv[1:])}`; N = {args.n}; "
-             "Ir = user-space instructions of the server process, (Ir(2N) - Ir(N)) / N.\n",
+             "Ir = user-space instructions of the server process, (Ir(2N) - Ir(N)) / N; "
+             f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', '0')}.\n",
              "| arm | Ir, N requests | Ir, 2N requests | Ir per request |", "|---|---|---|---|"]
     for arm, r in results.items():
         lines.append(f"| {arm} | {r['ir_n']:,} | {r['ir_2n']:,} | {r['ir_per_request']:,.0f} |")
