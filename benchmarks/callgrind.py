@@ -16,6 +16,11 @@ Arms:
 - `hello-counters`: the same with the metrics counters on, through
   benchmarks/with_metrics_region.py (the `--metrics-port` hot path without the supervisor).
 - `fastapi_json`: benchmarks/apps/fastapi_json.py.
+- `hello-uvicorn`, `fastapi_json-uvicorn`: the same apps under Uvicorn (httptools, uvloop),
+  counted the same way.
+- `hello-alone`, `fastapi_json-alone`: the same apps with no server (benchmarks/app_alone.py:
+  each call in its own Task on uvloop, a no-op send). What a server cannot go below; an arm's
+  count minus its `-alone` count is what the server adds.
 Writes benchmarks/results/<out>.md and .json.
 """
 from __future__ import annotations
@@ -39,10 +44,14 @@ APPS = HERE / "apps"
 RESULTS = HERE / "results"
 HOST = "127.0.0.1"
 
-ARMS = {
-    "hello": ("hello:app", False),
-    "hello-counters": ("hello:app", True),
-    "fastapi_json": ("fastapi_json:app", False),
+ARMS = {  # name: (app, metrics counters on, what serves it)
+    "hello": ("hello:app", False, "cppuvicorn"),
+    "hello-counters": ("hello:app", True, "cppuvicorn"),
+    "fastapi_json": ("fastapi_json:app", False, "cppuvicorn"),
+    "hello-alone": ("hello:app", False, "alone"),
+    "fastapi_json-alone": ("fastapi_json:app", False, "alone"),
+    "hello-uvicorn": ("hello:app", False, "uvicorn"),
+    "fastapi_json-uvicorn": ("fastapi_json:app", False, "uvicorn"),
 }
 
 
@@ -114,6 +123,9 @@ def ir_by_object(out: Path) -> dict[str, int]:
 
 def group(obj: str) -> str:
     name = os.path.basename(obj)
+    for key, label in (("/uvloop/", "uvloop"), ("/httptools/", "httptools")):
+        if key in obj:  # their modules' file names do not say whose they are
+            return label
     for key, label in (("_core", "cppuvicorn _core"), ("libpython", "libpython"),
                        ("python3", "python (binary)"), ("libuv", "libuv"), ("uvloop", "uvloop"),
                        ("libc.so", "libc"), ("ld-linux", "ld.so"), ("pydantic", "pydantic"),
@@ -132,11 +144,17 @@ def total_ir(out: Path) -> int:
 
 
 def run_once(args, arm: str, n: int, workdir: Path) -> int:
-    app, counters = ARMS[arm]
+    app, counters, kind = ARMS[arm]
+    alone = kind == "alone"
     port = free_port()
     out = workdir / f"callgrind.{arm}.{n}.out"
     server = [args.python, "-m", "cppuvicorn", app, "--host", HOST, "--port", str(port),
               "--no-access-log", "--log-level", "warning", "--lifespan", "off"]
+    if kind == "uvicorn":  # as benchmarks/run.py runs it: httptools and uvloop
+        server[2] = "uvicorn"
+        server += ["--http", "httptools", "--loop", "uvloop"]
+    elif alone:
+        server = [args.python, str(HERE / "app_alone.py"), app, str(n)]
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
            "--compress-strings=no", "--compress-pos=no", *server]
     if counters:
@@ -151,10 +169,14 @@ def run_once(args, arm: str, n: int, workdir: Path) -> int:
     proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_ready(port, proc, args.startup_timeout)
-        requests(port, n, "/" if arm != "fastapi_json" else "/")
-        os.kill(proc.pid, signal.SIGINT)  # the server (or the wrapper, which passes it on)
-        proc.wait(timeout=args.startup_timeout)
+        if alone:
+            if proc.wait(timeout=args.startup_timeout) != 0:
+                raise RuntimeError(f"{arm}: app_alone.py exited with {proc.returncode}")
+        else:
+            wait_ready(port, proc, args.startup_timeout)
+            requests(port, n, "/")
+            os.kill(proc.pid, signal.SIGINT)  # the server (or the wrapper, which passes it on)
+            proc.wait(timeout=args.startup_timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
