@@ -422,9 +422,16 @@ core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,
         }
     }
     ConnData& cd = conn_data(conn);
-    ScopeInputs in{asgi_template_, cd.client,          cd.server, scheme_,
-                   root_path_,     options_.root_path, state_,    cd.tls,
-                   http_template_, scheme_};
+    ScopeInputs in{.asgi_template = asgi_template_,
+                   .client = cd.client,
+                   .server = cd.server,
+                   .scheme = scheme_,
+                   .root_path = root_path_,
+                   .root_path_bytes = options_.root_path,
+                   .state = state_,
+                   .tls = cd.tls,
+                   .http_template = http_template_,
+                   .template_scheme = scheme_};
     PyObject* forwarded_client = nullptr;
     PyObject* scope = nullptr;
     if (cd.client != nullptr &&

@@ -163,7 +163,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* scheme_ = nullptr;
     PyObject* root_path_ = nullptr;
     PyObject* http_template_ = nullptr;  // make_http_scope_template(scheme_, root_path_, …)
-    PyObject* server_cert_ = nullptr;  // with TLS: the server's certificate (PEM str)
+    PyObject* server_cert_ = nullptr;    // with TLS: the server's certificate (PEM str)
     PyObject* run_cb_ = nullptr;
     PyObject* tick_cb_ = nullptr;
     PyObject* accept_cb_ = nullptr;
