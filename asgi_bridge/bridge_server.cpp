@@ -69,10 +69,10 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
                                           static_cast<Py_ssize_t>(options_.scheme.size()));
     root_path_ = PyUnicode_FromStringAndSize(options_.root_path.data(),
                                              static_cast<Py_ssize_t>(options_.root_path.size()));
-    if (scheme_ != nullptr && root_path_ != nullptr) {
-        http_template_ = make_http_scope_template(scheme_, root_path_, state_ != nullptr);
-        if (http_template_ == nullptr) PyErr_Clear();  // scopes fall back to the generic one
-    }
+    http_template_ = scheme_ != nullptr && root_path_ != nullptr
+                         ? make_http_scope_template(scheme_, root_path_, state_ != nullptr)
+                         : nullptr;
+    if (http_template_ == nullptr) throw pybind11::error_already_set();  // out of memory
     if (options_.tls != nullptr) {
         server_.set_tls(options_.tls);
         const std::string& pem = options_.tls->server_cert_pem();

@@ -216,22 +216,9 @@ PyObject* log_target(PyObject* scope) {
     return PyUnicode_DecodeLatin1(out.data(), static_cast<Py_ssize_t>(out.size()), nullptr);
 }
 
-namespace {
-
 // The HTTP scope's keys, in the order of Uvicorn's scope (its trace log prints the dict as it
-// is), with "http" for type and None for every other value: a request's scope starts as a copy
-// of it. Copying a dict is one block copy of its key table; building it key by key grew and
-// rehashed it twice.
-PyObject* http_scope_template(bool with_state) {
-    static PyObject* templates[2] = {nullptr, nullptr};
-    PyObject*& t = templates[with_state ? 1 : 0];
-    // kept for the life of the process, as the interned names are
-    if (t == nullptr) t = make_http_scope_template(Py_None, Py_None, with_state);
-    return t;
-}
-
-}  // namespace
-
+// is): a request's scope starts as a copy of the server's template. Copying a dict is one block
+// copy of its key table; building it key by key grew and rehashed it twice.
 PyObject* make_http_scope_template(PyObject* scheme, PyObject* root_path, bool with_state) {
     namespace n = py_names;
     PyObject* keys[] = {n::type,   n::asgi,      n::http_version, n::server,    n::client,
@@ -260,22 +247,16 @@ PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in)
     std::string_view query;
     split_target(head.target, raw_path, query);
 
-    // Every value below replaces one of the template's (type is already "http"): no key is
-    // added. A server's own template has http_version, scheme and root_path filled in already:
-    // about 190 instructions a PyDict_SetItem, three fewer per request.
-    const bool own = in.http_template != nullptr;
-    PyObject* tmpl = own ? in.http_template : http_scope_template(in.state != nullptr);
-    PyObject* scope = tmpl != nullptr ? PyDict_Copy(tmpl) : nullptr;
+    // Every value below replaces one of the template's: no key is added. type, "1.1",
+    // root_path and the server's scheme are in the template already.
+    PyObject* scope = PyDict_Copy(in.http_template);
     if (scope == nullptr) return nullptr;
     bool ok =
         set_item(scope, n::asgi, PyDict_Copy(in.asgi_template)) &&
-        ((own && head.http_minor != 0) ||
-         PyDict_SetItem(scope, n::http_version, head.http_minor == 0 ? n::v1_0 : n::v1_1) == 0) &&
+        (head.http_minor != 0 || PyDict_SetItem(scope, n::http_version, n::v1_0) == 0) &&
         PyDict_SetItem(scope, n::server, in.server) == 0 &&
         PyDict_SetItem(scope, n::client, in.client) == 0 &&
-        ((own && in.scheme == in.template_scheme) ||
-         PyDict_SetItem(scope, n::scheme, in.scheme) == 0) &&
-        (own || PyDict_SetItem(scope, n::root_path, in.root_path) == 0) &&
+        (in.scheme == in.template_scheme || PyDict_SetItem(scope, n::scheme, in.scheme) == 0) &&
         set_item(scope, n::headers, build_headers(head));
     if (ok && in.state != nullptr) ok = set_item(scope, n::state, PyDict_Copy(in.state));
     ok = ok &&

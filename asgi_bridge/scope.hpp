@@ -24,10 +24,10 @@ struct ScopeInputs {
     std::string_view root_path_bytes;
     PyObject* state;          // lifespan state dict (shallow-copied) or nullptr
     PyObject* tls = nullptr;  // the connection's ASGI "tls" extension dict, or nullptr
-    // The server's scope template (make_http_scope_template): http_version "1.1", its scheme
-    // and root_path already in. nullptr: a generic template, every value set per scope.
+    // HTTP only: the server's make_http_scope_template() and the scheme it holds (a scheme
+    // X-Forwarded-Proto changed is set in the scope; the template's is not set again).
     PyObject* http_template = nullptr;
-    PyObject* template_scheme = nullptr;  // the scheme in http_template
+    PyObject* template_scheme = nullptr;
 };
 
 // A scope template for one server: every key of an HTTP scope, with type "http",
@@ -40,7 +40,7 @@ PyObject* make_http_scope_template(PyObject* scheme, PyObject* root_path, bool w
 // with a Python error set. `server_cert` is the server's PEM (str) or None.
 PyObject* build_tls_extension(const core::TlsSession& tls, PyObject* server_cert);
 
-// New reference, or nullptr with a Python error set.
+// New reference, or nullptr with a Python error set. Needs in.http_template.
 PyObject* build_http_scope(const core::RequestHead& head, const ScopeInputs& in);
 
 // Uvicorn's ProxyHeadersMiddleware, before the scope exists: for a request whose peer is in

@@ -127,7 +127,7 @@ def group(obj: str) -> str:
         if key in obj:  # their modules' file names do not say whose they are
             return label
     for key, label in (("_core", "cppuvicorn _core"), ("libpython", "libpython"),
-                       ("python3", "python (binary)"), ("libuv", "libuv"), ("uvloop", "uvloop"),
+                       ("python3", "python (binary)"), ("libuv", "libuv"),
                        ("libc.so", "libc"), ("ld-linux", "ld.so"), ("pydantic", "pydantic"),
                        ("valgrind", "valgrind"), ("vgpreload", "valgrind")):
         if key in name:
@@ -148,13 +148,13 @@ def run_once(args, arm: str, n: int, workdir: Path) -> int:
     alone = kind == "alone"
     port = free_port()
     out = workdir / f"callgrind.{arm}.{n}.out"
-    server = [args.python, "-m", "cppuvicorn", app, "--host", HOST, "--port", str(port),
-              "--no-access-log", "--log-level", "warning", "--lifespan", "off"]
-    if kind == "uvicorn":  # as benchmarks/run.py runs it: httptools and uvloop
-        server[2] = "uvicorn"
-        server += ["--http", "httptools", "--loop", "uvloop"]
-    elif alone:
+    if alone:
         server = [args.python, str(HERE / "app_alone.py"), app, str(n)]
+    else:  # kind is the module run: cppuvicorn, or Uvicorn as benchmarks/run.py runs it
+        server = [args.python, "-m", kind, app, "--host", HOST, "--port", str(port),
+                  "--no-access-log", "--log-level", "warning", "--lifespan", "off"]
+        if kind == "uvicorn":
+            server += ["--http", "httptools", "--loop", "uvloop"]
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
            "--compress-strings=no", "--compress-pos=no", *server]
     if counters:

@@ -921,6 +921,20 @@ def spread(values: list[float]) -> dict | None:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def paired_ratios(mine: list[dict], by: dict, other: str) -> tuple[list[float], list[float]]:
+    """Per round: each of ``mine``'s req/s over ``other``'s in the same scenario, connections
+    and round, and the same per server core. ``by`` maps (scenario, conns, server, round) to
+    a good record."""
+    ratios, core_ratios = [], []
+    for r in mine:
+        o = by.get((r["scenario"], r["conns"], other, r["round"]))
+        if o and o["rps"] > 0:
+            ratios.append(r["rps"] / o["rps"])
+            if r.get("server_cpu") and o.get("server_cpu"):
+                core_ratios.append((r["rps"] / r["server_cpu"]) / (o["rps"] / o["server_cpu"]))
+    return ratios, core_ratios
+
+
 def aggregate(records: list[dict], baseline: str, servers: list[str], scenarios: list[str],
               connections: list[int]) -> list[dict]:
     good = [r for r in records if r.get("rps") and not r.get("error")]
@@ -939,14 +953,7 @@ def aggregate(records: list[dict], baseline: str, servers: list[str], scenarios:
                           and (not r.get("rps") or r.get("error"))]
                 if not mine and not failed:
                     continue
-                ratios, core_ratios = [], []
-                for r in mine:
-                    b = by.get((sc, c, baseline, r["round"]))
-                    if b and b["rps"] > 0:
-                        ratios.append(r["rps"] / b["rps"])
-                        if r.get("server_cpu") and b.get("server_cpu"):
-                            core_ratios.append((r["rps"] / r["server_cpu"])
-                                               / (b["rps"] / b["server_cpu"]))
+                ratios, core_ratios = paired_ratios(mine, by, baseline)
                 per_core = [r["rps"] / r["server_cpu"] for r in mine if r.get("server_cpu")]
                 rows.append({
                     "scenario": sc, "conns": c, "server": s,
@@ -970,25 +977,19 @@ def aggregate(records: list[dict], baseline: str, servers: list[str], scenarios:
 
 
 def head_to_head(records: list[dict], subject: str = "cppuvicorn") -> list[dict]:
-    """``subject``'s req/s over every other server's, per round (same scenario, connections
-    and round), so that anchors other than the baseline get ratios measured side by side."""
+    """``subject``'s req/s over every other server's, per round, so that anchors other than
+    the baseline get ratios measured side by side."""
     good = [r for r in records if r.get("rps") and not r.get("error")]
     by = {(r["scenario"], r["conns"], r["server"], r["round"]): r for r in good}
-    keys = sorted({(r["scenario"], r["conns"], r["server"]) for r in good if r["server"] != subject},
-                  key=lambda k: (list(SCENARIOS).index(k[0]), k[1], k[2]))
     out = []
-    for sc, c, other in keys:
-        ratios, core_ratios = [], []
-        for (sc2, c2, s2, rnd), o in by.items():
-            mine = by.get((sc, c, subject, rnd))
-            if (sc2, c2, s2) != (sc, c, other) or mine is None:
-                continue
-            ratios.append(mine["rps"] / o["rps"])
-            if mine.get("server_cpu") and o.get("server_cpu"):
-                core_ratios.append((mine["rps"] / mine["server_cpu"]) / (o["rps"] / o["server_cpu"]))
-        if ratios:
-            out.append({"scenario": sc, "conns": c, "other": other, "ratio": spread(ratios),
-                        "per_core": spread(core_ratios)})
+    for sc in SCENARIOS:
+        for c in sorted({r["conns"] for r in good}):
+            mine = [r for r in good if (r["scenario"], r["conns"], r["server"]) == (sc, c, subject)]
+            for other in sorted({r["server"] for r in good} - {subject}):
+                ratios, core_ratios = paired_ratios(mine, by, other)
+                if ratios:
+                    out.append({"scenario": sc, "conns": c, "other": other,
+                                "ratio": spread(ratios), "per_core": spread(core_ratios)})
     return out
 
 

@@ -66,9 +66,18 @@ struct Inputs {
     PyObject* scheme = PyUnicode_InternFromString("http");
     PyObject* root_path = PyUnicode_FromString("");
     PyObject* state = PyDict_New();
+    PyObject* http_template = asgi::make_http_scope_template(scheme, root_path, true);
 
     asgi::ScopeInputs scope_inputs() const {
-        return asgi::ScopeInputs{asgi_template, client, server, scheme, root_path, "", state};
+        return asgi::ScopeInputs{.asgi_template = asgi_template,
+                                 .client = client,
+                                 .server = server,
+                                 .scheme = scheme,
+                                 .root_path = root_path,
+                                 .root_path_bytes = "",
+                                 .state = state,
+                                 .http_template = http_template,
+                                 .template_scheme = scheme};
     }
 };
 
