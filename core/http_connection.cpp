@@ -16,8 +16,6 @@ namespace {
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr std::string_view kInvalidRequest = "Invalid HTTP request received.";
-// Body writes at least this big skip the copy into the output buffer (see write_direct).
-constexpr std::size_t kDirectWriteMin = 16384;
 
 std::uint64_t to_ms(double seconds) {
     return seconds <= 0 ? 0 : static_cast<std::uint64_t>(seconds * 1000.0);

@@ -18,6 +18,9 @@ struct PeerAddress {
     bool unix_socket = false;
 };
 
+// Payloads at least this big go out through Transport::write_direct, not copied into out().
+inline constexpr std::size_t kDirectWriteMin = 16384;
+
 class Transport {
   public:
     // The output buffer: append freely, then call flush() (or let the owner flush it at the

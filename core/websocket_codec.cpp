@@ -221,7 +221,42 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
 // ---------------------------------------------------------------------------------------------
 // Frames
 
+namespace {
+
+// NOTE(perf): unmasks 32 bytes at a time (GCC/Clang vector types: SSE2 on any x86-64), then
+// 8, then bytes. `dst` may be `src`.
+void unmask_copy(unsigned char* dst, const unsigned char* src, std::uint64_t len,
+                 const unsigned char mask[4]) {
+    std::uint64_t mask8;
+    std::memcpy(&mask8, mask, 4);
+    std::memcpy(reinterpret_cast<unsigned char*>(&mask8) + 4, mask, 4);
+    std::uint64_t i = 0;
+    using V = std::uint64_t __attribute__((vector_size(16)));
+    const V mask16 = {mask8, mask8};
+    for (; i + 32 <= len; i += 32) {
+        V a;
+        V b;
+        std::memcpy(&a, src + i, 16);
+        std::memcpy(&b, src + i + 16, 16);
+        a ^= mask16;
+        b ^= mask16;
+        std::memcpy(dst + i, &a, 16);
+        std::memcpy(dst + i + 16, &b, 16);
+    }
+    for (; i + 8 <= len; i += 8) {
+        std::uint64_t w;
+        std::memcpy(&w, src + i, 8);
+        w ^= mask8;
+        std::memcpy(dst + i, &w, 8);
+    }
+    for (; i < len; ++i)
+        dst[i] = src[i] ^ mask[i & 3];
+}
+
+}  // namespace
+
 void WsDecoder::feed(std::string_view data) {
+    retain();
     if (consumed_ > 0) {
         // Frames already returned are dead: compact so the buffer holds only what is pending.
         buf_.erase(0, consumed_);
@@ -230,14 +265,30 @@ void WsDecoder::feed(std::string_view data) {
     buf_.append(data);
 }
 
-WsDecoder::Status WsDecoder::next(WsFrame& out) {
-    if (consumed_ > 0 && consumed_ == buf_.size()) {
-        buf_.clear();
+void WsDecoder::feed_borrowed(std::string_view data) {
+    if (buffered() > 0 || data.empty()) {
+        feed(data);
+        return;
+    }
+    buf_.clear();
+    consumed_ = 0;
+    borrowed_ = data;
+}
+
+void WsDecoder::retain() {
+    if (borrowed_.data() == nullptr) return;
+    std::string_view rest = borrowed_;
+    borrowed_ = {};
+    if (consumed_ > 0) {
+        buf_.erase(0, consumed_);
         consumed_ = 0;
     }
-    std::size_t avail = buf_.size() - consumed_;
+    buf_.append(rest);
+}
+
+WsDecoder::Status WsDecoder::parse_header(const unsigned char* p, std::size_t avail,
+                                          std::size_t& header, std::uint64_t& len, WsFrame& out) {
     if (avail < 2) return Status::kNeedMore;
-    auto* p = reinterpret_cast<unsigned char*>(buf_.data() + consumed_);
     bool fin = (p[0] & 0x80) != 0;
     bool rsv1 = (p[0] & 0x40) != 0;
     int opcode = p[0] & 0x0F;
@@ -247,8 +298,8 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
         return fail(ws_close::kProtocolError, "invalid opcode");
     }
     if ((p[1] & 0x80) == 0) return fail(ws_close::kProtocolError, "incorrect masking");
-    std::uint64_t len = p[1] & 0x7F;
-    std::size_t header = 2;
+    len = p[1] & 0x7F;
+    header = 2;
     if (len == 126) {
         if (avail < 4) return Status::kNeedMore;
         len = (std::uint64_t{p[2]} << 8) | p[3];
@@ -270,37 +321,51 @@ WsDecoder::Status WsDecoder::next(WsFrame& out) {
     if (control && len > 125) return fail(ws_close::kProtocolError, "control frame too long");
     if (control && !fin) return fail(ws_close::kProtocolError, "fragmented control frame");
     if (avail - header - 4 < len || avail < header + 4) return Status::kNeedMore;
-    unsigned char mask[4];
-    std::memcpy(mask, p + header, 4);
-    unsigned char* payload = p + header + 4;
-    // NOTE(perf): unmask 8 bytes at a time; the byte loop handles the tail.
-    std::uint64_t i = 0;
-    std::uint64_t mask8;
-    std::memcpy(&mask8, mask, 4);
-    std::memcpy(reinterpret_cast<unsigned char*>(&mask8) + 4, mask, 4);
-    for (; i + 8 <= len; i += 8) {
-        std::uint64_t w;
-        std::memcpy(&w, payload + i, 8);
-        w ^= mask8;
-        std::memcpy(payload + i, &w, 8);
-    }
-    for (; i < len; ++i)
-        payload[i] ^= mask[i & 3];
     out.fin = fin;
     out.rsv1 = rsv1;
     out.opcode = static_cast<WsOpcode>(opcode);
+    return Status::kFrame;
+}
+
+WsDecoder::Status WsDecoder::next(WsFrame& out) {
+    std::size_t header = 0;
+    std::uint64_t len = 0;
+    if (borrowed_.data() != nullptr) {
+        // The bytes stay where the read put them; the payload is unmasked into scratch_.
+        auto* p = reinterpret_cast<const unsigned char*>(borrowed_.data());
+        Status st = parse_header(p, borrowed_.size(), header, len, out);
+        if (st != Status::kFrame) return st;
+        auto n = static_cast<std::size_t>(len);
+        if (scratch_size_ < n) {
+            scratch_.reset(new char[n]);  // NOTE(perf): not zeroed; overwritten just below
+            scratch_size_ = n;
+        }
+        auto* payload = reinterpret_cast<unsigned char*>(scratch_.get());
+        unmask_copy(payload, p + header + 4, len, p + header);
+        out.payload = {scratch_.get(), n};
+        borrowed_.remove_prefix(header + 4 + n);
+        if (borrowed_.empty()) borrowed_ = {};
+        return Status::kFrame;
+    }
+    if (consumed_ > 0 && consumed_ == buf_.size()) {
+        buf_.clear();
+        consumed_ = 0;
+    }
+    auto* p = reinterpret_cast<unsigned char*>(buf_.data() + consumed_);
+    Status st = parse_header(p, buf_.size() - consumed_, header, len, out);
+    if (st != Status::kFrame) return st;
+    unsigned char* payload = p + header + 4;
+    unmask_copy(payload, payload, len, p + header);
     out.payload = {reinterpret_cast<char*>(payload), static_cast<std::size_t>(len)};
     consumed_ += header + 4 + static_cast<std::size_t>(len);
     return Status::kFrame;
 }
 
-void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload, bool fin,
-                     bool rsv1) {
+void ws_encode_header(std::string& out, WsOpcode opcode, std::uint64_t len, bool fin, bool rsv1) {
     unsigned char head[10];
     std::size_t n = 2;
     head[0] = static_cast<unsigned char>((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) |
                                          static_cast<unsigned char>(opcode));
-    std::uint64_t len = payload.size();
     if (len < 126) {
         head[1] = static_cast<unsigned char>(len);
     } else if (len <= 0xFFFF) {
@@ -314,8 +379,13 @@ void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload
             head[2 + i] = static_cast<unsigned char>(len >> (56 - 8 * i));
         n = 10;
     }
-    out.reserve(out.size() + n + payload.size());
     out.append(reinterpret_cast<char*>(head), n);
+}
+
+void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload, bool fin,
+                     bool rsv1) {
+    out.reserve(out.size() + 10 + payload.size());
+    ws_encode_header(out, opcode, payload.size(), fin, rsv1);
     out.append(payload);
 }
 

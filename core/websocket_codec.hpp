@@ -67,7 +67,8 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
                                                           int server_max_window_bits = 12,
                                                           int client_max_window_bits = 12);
 
-// One decoded frame. `payload` is unmasked and lives until the next feed() or next().
+// One decoded frame. `payload` is unmasked and lives until the decoder's next feed(),
+// feed_borrowed(), next() or trim().
 struct WsFrame {
     bool fin = true;
     bool rsv1 = false;
@@ -85,18 +86,31 @@ class WsDecoder {
     explicit WsDecoder(std::uint64_t max_frame_size, bool allow_rsv1)
         : max_frame_size_(max_frame_size), allow_rsv1_(allow_rsv1) {}
 
+    // Appends a copy of `data`.
     void feed(std::string_view data);
+    // NOTE(perf): the read path. With nothing buffered, frames are decoded where `data` lies
+    // (no copy of the read; a payload is unmasked straight into the decoder's scratch), else
+    // this is feed(). The caller calls retain() before `data` dies: it copies what is left.
+    void feed_borrowed(std::string_view data);
+    void retain();
     // Limit for the next frame's payload (the message limit minus what the message holds).
     void set_max_frame_size(std::uint64_t n) { max_frame_size_ = n; }
     void set_allow_rsv1(bool allow) { allow_rsv1_ = allow; }
     // Bytes received but not returned as frames yet.
-    std::size_t buffered() const { return buf_.size() - consumed_; }
-    // With nothing buffered, frees the buffer if it grew beyond `keep` bytes (the last frame's
-    // payload view dies).
+    std::size_t buffered() const {
+        return borrowed_.data() != nullptr ? borrowed_.size() : buf_.size() - consumed_;
+    }
+    // With nothing buffered, frees the buffers if they grew beyond `keep` bytes (the last
+    // frame's payload view dies).
     void trim(std::size_t keep) {
-        if (buffered() == 0 && buf_.capacity() > keep) {
+        if (buffered() != 0) return;
+        if (buf_.capacity() > keep) {
             std::string().swap(buf_);
             consumed_ = 0;
+        }
+        if (scratch_size_ > keep) {
+            scratch_.reset();
+            scratch_size_ = 0;
         }
     }
 
@@ -115,8 +129,16 @@ class WsDecoder {
         return Status::kError;
     }
 
+    // Parses the frame at the start of `p` (`avail` bytes): its header length and payload
+    // length, or kNeedMore / kError. Sets `out`'s flags and opcode.
+    Status parse_header(const unsigned char* p, std::size_t avail, std::size_t& header,
+                        std::uint64_t& len, WsFrame& out);
+
     std::string buf_;
-    std::size_t consumed_ = 0;  // bytes of buf_ already returned
+    std::size_t consumed_ = 0;         // bytes of buf_ already returned
+    std::string_view borrowed_;        // feed_borrowed's bytes not returned yet (null: none)
+    std::unique_ptr<char[]> scratch_;  // unmasked payload of a frame decoded from borrowed_
+    std::size_t scratch_size_ = 0;
     std::uint64_t max_frame_size_;
     std::uint64_t too_big_length_ = 0;
     bool allow_rsv1_;
@@ -124,6 +146,9 @@ class WsDecoder {
     const char* error_reason_ = "";
 };
 
+// Appends the header of an unmasked server frame whose payload is `len` bytes.
+void ws_encode_header(std::string& out, WsOpcode opcode, std::uint64_t len, bool fin = true,
+                      bool rsv1 = false);
 // Appends one unmasked server frame.
 void ws_encode_frame(std::string& out, WsOpcode opcode, std::string_view payload, bool fin = true,
                      bool rsv1 = false);

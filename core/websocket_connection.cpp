@@ -611,14 +611,17 @@ void WebSocketConnection::on_data(std::string_view data) {
     if (state_ != State::kHandshake && state_ != State::kOpen && state_ != State::kClosing) {
         return;  // rejected or closed: what follows is discarded (RFC 6455 §7.1.7)
     }
-    decoder_.feed(data);
+    // `data` dies when this returns: whatever the frames below leave is copied by retain().
+    decoder_.feed_borrowed(data);
     if (state_ == State::kHandshake) {
         // Frames sent ahead of the 101 wait for it (websockets would even answer a ping before
         // the 101); reading stops so they cannot pile up.
+        decoder_.retain();
         update_reading();
         return;
     }
     process_frames();
+    decoder_.retain();
 }
 
 void WebSocketConnection::process_pending() {
@@ -850,9 +853,15 @@ WriteResult WebSocketConnection::send(bool text, std::string_view data) {
             fail(ws_close::kInternalError, "", WsCloseCause::kProtocol);
             return WriteResult::kClosed;
         }
-        ws_encode_frame(out, op, scratch, true, true);
+        data = scratch;
+    }
+    if (data.size() >= kDirectWriteMin) {
+        // NOTE(perf): the header is corked, the payload goes out with it in one writev; only
+        // what the socket does not take is copied.
+        ws_encode_header(out, op, data.size(), true, deflate_ != nullptr);
+        transport_.write_direct(data);
     } else {
-        ws_encode_frame(out, op, data);
+        ws_encode_frame(out, op, data, true, deflate_ != nullptr);
     }
     after_write();
     return write_state();

@@ -20,6 +20,7 @@
 #include "core/websocket_codec.hpp"
 
 #include "tests/fuzz/fuzz_check.hpp"
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -116,10 +117,31 @@ void fuzz_decoder(const std::uint8_t* data, std::size_t size) {
             FUZZ_CHECK(d.buffered() <= fed);
         }
     }
+    // As a connection reads: feed_borrowed, frames, retain, and the read buffer is reused.
+    DecodeResult borrowed;
+    {
+        WsDecoder d(max_frame, allow_rsv1);
+        Splits again(data[1]);
+        std::string_view rest = stream;
+        std::string read_buffer;
+        while (!rest.empty() && borrowed.error_code == 0) {
+            std::size_t n = again.next(rest.size());
+            read_buffer.assign(rest.substr(0, n));
+            rest.remove_prefix(n);
+            d.feed_borrowed(read_buffer);
+            take_frames(d, borrowed, max_frame, allow_rsv1);
+            d.retain();
+            std::fill(read_buffer.begin(), read_buffer.end(), '\xAA');
+        }
+    }
     FUZZ_CHECK(whole.frames == split.frames);
     FUZZ_CHECK(whole.error_code == split.error_code);
     FUZZ_CHECK(whole.error_reason == split.error_reason);
     FUZZ_CHECK(whole.too_big == split.too_big);
+    FUZZ_CHECK(whole.frames == borrowed.frames);
+    FUZZ_CHECK(whole.error_code == borrowed.error_code);
+    FUZZ_CHECK(whole.error_reason == borrowed.error_reason);
+    FUZZ_CHECK(whole.too_big == borrowed.too_big);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,27 +68,59 @@ struct Decoded {
     }
 };
 
-// Decodes everything in `parts` (fed one after the other); stops at the first error.
-std::vector<Decoded> decode(const std::vector<std::string>& parts, int* error = nullptr,
-                            std::string* reason = nullptr, std::uint64_t max = 1 << 20,
-                            bool rsv1 = false) {
+// Decodes everything in `parts` (fed one after the other) with feed(), or with feed_borrowed()
+// as a connection reads: each part lies in a read buffer that is scribbled over after
+// retain(), so a frame that still pointed into it would come out wrong.
+std::vector<Decoded> decode_with(bool borrowed, const std::vector<std::string>& parts, int* error,
+                                 std::string* reason, std::uint64_t max, bool rsv1) {
     WsDecoder d(max, rsv1);
     std::vector<Decoded> out;
+    std::string read_buffer;
     for (const auto& part : parts) {
-        d.feed(part);
+        if (borrowed) {
+            read_buffer = part;
+            d.feed_borrowed(read_buffer);
+        } else {
+            d.feed(part);
+        }
         WsFrame f;
+        bool failed = false;
         while (true) {
             auto st = d.next(f);
             if (st == WsDecoder::Status::kNeedMore) break;
             if (st == WsDecoder::Status::kError) {
                 if (error) *error = d.error_code();
                 if (reason) *reason = d.error_reason();
-                return out;
+                failed = true;
+                break;
             }
             out.push_back({f.fin, f.rsv1, static_cast<int>(f.opcode), std::string(f.payload)});
         }
+        if (borrowed) {
+            d.retain();
+            std::fill(read_buffer.begin(), read_buffer.end(), '\xAA');
+        }
+        if (failed) return out;
     }
     return out;
+}
+
+// Both ways must agree (frames, error code and reason); returns the frames.
+std::vector<Decoded> decode(const std::vector<std::string>& parts, int* error = nullptr,
+                            std::string* reason = nullptr, std::uint64_t max = 1 << 20,
+                            bool rsv1 = false) {
+    int error_borrowed = 0;
+    std::string reason_borrowed;
+    auto borrowed = decode_with(true, parts, &error_borrowed, &reason_borrowed, max, rsv1);
+    int error_copied = 0;
+    std::string reason_copied;
+    auto copied = decode_with(false, parts, &error_copied, &reason_copied, max, rsv1);
+    REQUIRE(borrowed == copied);
+    REQUIRE(error_borrowed == error_copied);
+    REQUIRE(reason_borrowed == reason_copied);
+    if (error) *error = error_copied;
+    if (reason) *reason = reason_copied;
+    return copied;
 }
 
 // Raw deflate as a client's compressor: Python zlib's compress() + flush(Z_SYNC_FLUSH), minus
@@ -254,6 +286,37 @@ TEST_CASE("WsDecoder: trim frees a big drained buffer and keeps pending bytes", 
     REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
     REQUIRE(f.payload == "again");
     REQUIRE(d.next(f) == WsDecoder::Status::kNeedMore);
+}
+
+TEST_CASE("WsDecoder: borrowed reads are retained only when a frame is left incomplete",
+          "[websocket]") {
+    WsDecoder d(1 << 20, false);
+    std::string read = masked(2, std::string(3000, 'z')) + masked(1, "next");
+    std::string first = read.substr(0, read.size() - 2);
+    d.feed_borrowed(first);
+    WsFrame f;
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == std::string(3000, 'z'));
+    REQUIRE(first == read.substr(0, read.size() - 2));  // the read buffer is not written to
+    REQUIRE(d.next(f) == WsDecoder::Status::kNeedMore);
+    REQUIRE(d.buffered() == masked(1, "next").size() - 2);
+    d.retain();
+    first.assign(first.size(), '\0');
+    std::string second = read.substr(read.size() - 2);
+    d.feed_borrowed(second);  // something is buffered: this one is copied after it
+    d.retain();
+    second.assign(second.size(), '\0');
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "next");
+    REQUIRE(d.buffered() == 0);
+    d.trim(0);
+    std::string third = masked(1, "after trim");
+    d.feed_borrowed(third);
+    REQUIRE(d.next(f) == WsDecoder::Status::kFrame);
+    REQUIRE(f.payload == "after trim");
+    REQUIRE(d.next(f) == WsDecoder::Status::kNeedMore);
+    d.retain();  // nothing left: nothing copied
+    REQUIRE(d.buffered() == 0);
 }
 
 TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[websocket]") {
