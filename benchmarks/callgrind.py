@@ -21,11 +21,15 @@ Arms:
 - `hello-alone`, `fastapi_json-alone`: the same apps with no server (benchmarks/app_alone.py:
   each call in its own Task on uvloop, a no-op send). What a server cannot go below; an arm's
   count minus its `-alone` count is what the server adds.
+- `ws_echo`, `ws_echo-uvicorn`: benchmarks/apps/ws_echo.py on one WebSocket, N 64-byte binary
+  messages sent and echoed one at a time ("per request" is per message there); Uvicorn with
+  `--ws websockets-sansio`.
 Writes benchmarks/results/<out>.md and .json.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as _dt
 import json
 import os
@@ -52,7 +56,10 @@ ARMS = {  # name: (app, metrics counters on, what serves it)
     "fastapi_json-alone": ("fastapi_json:app", False, "alone"),
     "hello-uvicorn": ("hello:app", False, "uvicorn"),
     "fastapi_json-uvicorn": ("fastapi_json:app", False, "uvicorn"),
+    "ws_echo": ("ws_echo:app", False, "cppuvicorn"),
+    "ws_echo-uvicorn": ("ws_echo:app", False, "uvicorn"),
 }
+WS_MESSAGE_SIZE = 64
 
 
 def free_port() -> int:
@@ -96,6 +103,49 @@ def requests(port: int, n: int, path: str) -> None:
                 if not chunk:
                     raise RuntimeError("server closed the connection")
                 buf += chunk
+
+
+def ws_messages(port: int, n: int, size: int = WS_MESSAGE_SIZE) -> None:
+    """One WebSocket (no extensions offered): n binary messages, each echo read and checked
+    before the next is sent, then a close handshake."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((HOST, port), timeout=60) as s:
+        s.sendall(f"GET / HTTP/1.1\r\nhost: {HOST}\r\nupgrade: websocket\r\n"
+                  f"connection: Upgrade\r\nsec-websocket-key: {key}\r\n"
+                  "sec-websocket-version: 13\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("server closed the connection during the handshake")
+            buf += chunk
+        if not buf.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"handshake refused: {buf[:60]!r}")
+        buf = buf[buf.index(b"\r\n\r\n") + 4:]
+        payload = bytes(i % 251 for i in range(size))
+        mask = b"\x5a\xa5\x3c\xc3"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert size < 126
+        frame = bytes([0x82, 0x80 | size]) + mask + masked
+        echo = bytes([0x82, size]) + payload
+        for _ in range(n):
+            s.sendall(frame)
+            while len(buf) < len(echo):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("server closed the connection")
+                buf += chunk
+            if buf[:len(echo)] != echo:
+                raise RuntimeError(f"unexpected echo {buf[:20]!r}")
+            buf = buf[len(echo):]
+        close = (1000).to_bytes(2, "big")
+        s.sendall(bytes([0x88, 0x80 | len(close)]) + mask + bytes(
+            b ^ mask[i % 4] for i, b in enumerate(close)))
+        while len(buf) < 2:  # the server's close frame
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
 
 
 def ir_by_object(out: Path) -> dict[str, int]:
@@ -155,6 +205,8 @@ def run_once(args, arm: str, n: int, workdir: Path) -> int:
                   "--no-access-log", "--log-level", "warning", "--lifespan", "off"]
         if kind == "uvicorn":
             server += ["--http", "httptools", "--loop", "uvloop"]
+            if app.startswith("ws_"):
+                server += ["--ws", "websockets-sansio"]
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
            "--compress-strings=no", "--compress-pos=no", *server]
     if counters:
@@ -174,7 +226,10 @@ def run_once(args, arm: str, n: int, workdir: Path) -> int:
                 raise RuntimeError(f"{arm}: app_alone.py exited with {proc.returncode}")
         else:
             wait_ready(port, proc, args.startup_timeout)
-            requests(port, n, "/")
+            if app.startswith("ws_"):
+                ws_messages(port, n)
+            else:
+                requests(port, n, "/")
             os.kill(proc.pid, signal.SIGINT)  # the server (or the wrapper, which passes it on)
             proc.wait(timeout=args.startup_timeout)
     finally:
