@@ -16,6 +16,12 @@ For each server (a fresh one per round, one worker, benchmarks/apps/hello.py, pi
 3. with the N connections still open, measure wrk again: the active connections' req/s and
    latency next to N idle ones ("flat": p99 and req/s close to the baseline).
 
+With `--control`, each round first holds the N idle connections on a second server of the same
+kind (fresh, idle, on the same CPU) and measures wrk against the first one: the active
+connections' latency next to N idle connections that are not the measured server's. If p99
+rises as much there, what raises it is the machine (the kernel, the client core), not the
+server's handling of its idle connections.
+
 Targets (issue #6): cppuvicorn's memory per idle connection ≤ 1/10 of Uvicorn's; 10,000
 concurrent connections in one worker with flat latency for the active ones. RLIMIT_NOFILE is
 raised to its hard limit here and inherited by the servers. Writes
@@ -101,14 +107,47 @@ def wrk(args, port: int, out: Path) -> dict:
             "p99_ms": data["lat_p99_us"] / 1e3, "errors": errors + data["non2xx_text"]}
 
 
-def measure(args, name: str, port_cursor: list[int], workdir: Path) -> dict:
-    port = base.free_port(port_cursor)
+def start_server(args, name: str, port: int, workdir: Path):
+    """Starts one pinned server; returns (process, log path, command)."""
     log = workdir / f"{name}-{port}.log"
     full = ["taskset", "-c", str(args.server_cpu), *cmd(name, args.python, port)]
-    rec: dict = {"server": name, "conns": args.conns, "cmd": shlex.join(full), "error": None}
     with open(log, "wb") as logf:
         proc = base.spawn(full, stdout=logf, stderr=subprocess.STDOUT, cwd=base.APPS_DIR,
                           env=base.server_env())
+    return proc, log, full
+
+
+def close_idle(loop, writers: list) -> None:
+    for _r, w in writers:
+        w.transport.abort()
+    writers.clear()
+    loop.run_until_complete(asyncio.sleep(0.5))
+
+
+def measure_control(args, name: str, port: int, port_cursor: list[int], workdir: Path,
+                    loop) -> dict:
+    """wrk against `port` while N idle connections are held by another, idle server."""
+    other_port = base.free_port(port_cursor)
+    other, other_log, _ = start_server(args, name, other_port, workdir)
+    writers: list = []
+    try:
+        base.wait_ready(other, other_port, args.startup_timeout, other_log)
+        writers = loop.run_until_complete(open_idle(other_port, args.conns, args.batch,
+                                                    args.connect_timeout))
+        time.sleep(args.settle)
+        result = wrk(args, port, workdir / f"wrk-{name}-{port}-control.txt")
+        result["idle_open"] = len(writers)
+        return result
+    finally:
+        close_idle(loop, writers)
+        base.kill_tree(other, grace=10.0)
+        time.sleep(args.settle)
+
+
+def measure(args, name: str, port_cursor: list[int], workdir: Path) -> dict:
+    port = base.free_port(port_cursor)
+    proc, log, full = start_server(args, name, port, workdir)
+    rec: dict = {"server": name, "conns": args.conns, "cmd": shlex.join(full), "error": None}
     loop = asyncio.new_event_loop()
     writers: list = []
     try:
@@ -116,6 +155,9 @@ def measure(args, name: str, port_cursor: list[int], workdir: Path) -> dict:
         base.check_hello(port)
         rec["wrk_before"] = wrk(args, port, workdir / f"wrk-{name}-{port}-a.txt")
         time.sleep(args.settle)
+        if args.control:
+            rec["wrk_idle_elsewhere"] = measure_control(args, name, port, port_cursor, workdir,
+                                                        loop)
         rec["before_kib"] = rss_kib(proc.pid)
         t0 = time.monotonic()
         writers = loop.run_until_complete(open_idle(port, args.conns, args.batch,
@@ -169,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--out", default=None, help="results file stem in benchmarks/results/")
     p.add_argument("--note", default=None, help="a line of context for the top of the report")
+    p.add_argument("--control", action="store_true",
+                   help="also measure with the idle connections held by another, idle server")
     args = p.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -195,10 +239,13 @@ def main(argv=None) -> int:
                     print(f"[round {r + 1}] {s:<11} FAILED: {rec['error']}", flush=True)
                     continue
                 a, b = rec["wrk_before"], rec["wrk_with_idle"]
+                c = rec.get("wrk_idle_elsewhere")
+                control = (f" (idle elsewhere: {c['rps']:,.0f} req/s, p99 {c['p99_ms']:.2f} ms)"
+                           if c else "")
                 print(f"[round {r + 1}] {s:<11} {rec['per_conn_bytes'] / 1024:.2f} KiB per idle "
                       f"connection ({rec['idle_still_open']}/{args.conns} still open); "
                       f"{args.active} active: {a['rps']:,.0f} -> {b['rps']:,.0f} req/s, p99 "
-                      f"{a['p99_ms']:.2f} -> {b['p99_ms']:.2f} ms", flush=True)
+                      f"{a['p99_ms']:.2f} -> {b['p99_ms']:.2f} ms{control}", flush=True)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     finally:
@@ -224,19 +271,26 @@ def main(argv=None) -> int:
          f"÷ {args.conns}. The active load is `wrk -t1 -c{args.active} -d{args.duration:g}s` "
          "(hello), measured before the idle connections were opened and again while they were "
          "open.\n",
+         *(["*Idle elsewhere* (`--control`): the same load while the same number of idle "
+            "connections was held by a second, idle server of the same kind on the same CPU, "
+            "not by the measured one.\n"] if args.control else []),
          "| round | server | per idle connection | anon | still open | req/s alone | req/s with "
-         "idle | p99 alone | p99 with idle | wrk errors |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "idle | p99 alone | p99 with idle | "
+         + ("req/s, idle elsewhere | p99, idle elsewhere | " if args.control else "")
+         + "wrk errors |",
+         "|---" * (12 if args.control else 10) + "|"]
     for r in records:
         if r["error"]:
             L.append(f"| {r['round'] + 1} | {r['server']} | FAILED: {r['error'][:160]} |"
-                     + " |" * 7)
+                     + " |" * (9 if args.control else 7))
             continue
         a, b = r["wrk_before"], r["wrk_with_idle"]
+        c = r.get("wrk_idle_elsewhere")
+        control = f"{c['rps']:,.0f} | {c['p99_ms']:.2f} ms | " if c else ""
         L.append(f"| {r['round'] + 1} | {r['server']} | {r['per_conn_bytes'] / 1024:.2f} KiB | "
                  f"{r['anon_per_conn_bytes'] / 1024:.2f} KiB | {r['idle_still_open']} | "
                  f"{a['rps']:,.0f} | {b['rps']:,.0f} | {a['p99_ms']:.2f} ms | {b['p99_ms']:.2f} ms "
-                 f"| {a['errors']} / {b['errors']} |")
+                 f"| {control}{a['errors']} / {b['errors']} |")
     L.append("")
     for s, v in med.items():
         L.append(f"- {s}: median {v / 1024:.2f} KiB per idle connection")
@@ -252,6 +306,16 @@ def main(argv=None) -> int:
                                     for r in rs)
             L.append(f"- {s}: with {args.conns} idle connections the active ones keep "
                      f"{rps:.2f}× their req/s and {p99:.2f}× their p99")
+            rc = [r for r in rs if r.get("wrk_idle_elsewhere")]
+            if rc:
+                p99c = statistics.median(r["wrk_idle_elsewhere"]["p99_ms"]
+                                         / max(r["wrk_before"]["p99_ms"], 1e-3) for r in rc)
+                here = statistics.median(r["wrk_with_idle"]["p99_ms"]
+                                         / max(r["wrk_idle_elsewhere"]["p99_ms"], 1e-3)
+                                         for r in rc)
+                L.append(f"  - with the idle connections on another server instead: "
+                         f"{p99c:.2f}× their p99; idle here ÷ idle elsewhere: {here:.2f}× "
+                         "(what the measured server's own idle connections add)")
     stem = args.out or f"http-idle-{meta['date']}"
     out_md = base.RESULTS_DIR / f"{stem}.md"
     out_md.write_text("\n".join(L) + "\n")
