@@ -18,7 +18,37 @@ namespace n = py_names;
 
 namespace {
 constexpr double kTickSeconds = 0.1;
+
+// True if `loop`'s class takes create_future from asyncio.BaseEventLoop or uvloop.Loop: both
+// return Future(loop=loop). A loop class of its own (or a subclass that overrides the method)
+// is called as it is.
+bool standard_create_future(PyObject* loop) {
+    PyObject* mine =
+        PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(loop)), "create_future");
+    if (mine == nullptr) {
+        PyErr_Clear();
+        return false;
+    }
+    bool standard = false;
+    for (auto [module, cls] :
+         {std::pair{"asyncio", "BaseEventLoop"}, std::pair{"uvloop", "Loop"}}) {
+        // Only a module already imported: the loop's own is, whichever it is.
+        PyObject* name = PyUnicode_FromString(module);
+        PyObject* mod = name != nullptr ? PyImport_GetModule(name) : nullptr;
+        Py_XDECREF(name);
+        PyObject* type = mod != nullptr ? PyObject_GetAttrString(mod, cls) : nullptr;
+        PyObject* theirs =
+            type != nullptr ? PyObject_GetAttrString(type, "create_future") : nullptr;
+        PyErr_Clear();
+        standard = standard || (theirs != nullptr && theirs == mine);
+        Py_XDECREF(theirs);
+        Py_XDECREF(type);
+        Py_XDECREF(mod);
+    }
+    Py_DECREF(mine);
+    return standard;
 }
+}  // namespace
 
 void ConnData::release() {
     if (--refs > 0) return;
@@ -44,7 +74,15 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
     loop_call_later_ = PyObject_GetAttrString(loop, "call_later");
     if (PyObject* asyncio = PyImport_ImportModule("asyncio")) {
         task_type_ = PyObject_GetAttrString(asyncio, "Task");
+        future_type_ = PyObject_GetAttrString(asyncio, "Future");
         Py_DECREF(asyncio);
+    }
+    if (future_type_ != nullptr) {
+        future_done_ = PyObject_GetAttrString(future_type_, "done");
+        future_set_result_ = PyObject_GetAttrString(future_type_, "set_result");
+        kw_loop_ = PyTuple_Pack(1, n::loop);
+        direct_futures_ = future_done_ != nullptr && future_set_result_ != nullptr &&
+                          kw_loop_ != nullptr && standard_create_future(loop);
     }
     create_task_ = PyObject_GetAttrString(loop, "create_task");
     loop_get_task_factory_ = PyObject_GetAttrString(loop, "get_task_factory");
@@ -93,6 +131,10 @@ BridgeServer::~BridgeServer() {
                         access_log_,
                         error_log_,
                         loop_create_future_,
+                        future_type_,
+                        future_done_,
+                        future_set_result_,
+                        kw_loop_,
                         loop_call_soon_,
                         loop_call_later_,
                         task_type_,
@@ -549,9 +591,44 @@ void BridgeServer::cancel_tasks() {
 }
 
 PyObject* BridgeServer::create_future() {
-    PyObject* f = PyObject_CallNoArgs(loop_create_future_);
+    PyObject* f = nullptr;
+    if (direct_futures_) {
+        PyObject* args[] = {loop_};
+        f = PyObject_Vectorcall(future_type_, args, 0, kw_loop_);
+    } else {
+        f = PyObject_CallNoArgs(loop_create_future_);
+    }
     if (f == nullptr) report_python_error("creating a future");
     return f;
+}
+
+int BridgeServer::future_pending(PyObject* fut, const char* where) {
+    PyObject* done = Py_IS_TYPE(fut, reinterpret_cast<PyTypeObject*>(future_type_))
+                         ? PyObject_Vectorcall(future_done_, &fut, 1, nullptr)
+                         : PyObject_CallMethodNoArgs(fut, n::done);
+    if (done == nullptr) {
+        report_python_error(where);
+        return -1;
+    }
+    int pending = done == Py_False ? 1 : 0;
+    Py_DECREF(done);
+    return pending;
+}
+
+bool BridgeServer::set_future_result(PyObject* fut, PyObject* value, const char* where) {
+    PyObject* r = nullptr;
+    if (Py_IS_TYPE(fut, reinterpret_cast<PyTypeObject*>(future_type_))) {
+        PyObject* args[] = {fut, value};
+        r = PyObject_Vectorcall(future_set_result_, args, 2, nullptr);
+    } else {
+        r = PyObject_CallMethodOneArg(fut, n::set_result, value);
+    }
+    if (r == nullptr) {
+        report_python_error(where);
+        return false;
+    }
+    Py_DECREF(r);
+    return true;
 }
 
 // ---------------------------------------------------------------------------------------------

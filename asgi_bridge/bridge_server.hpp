@@ -79,6 +79,10 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
 
     // ---- for HttpCycle ----
     PyObject* create_future();  // new reference or nullptr
+    // fut.done() is False: 1; True: 0; an error: -1 (reported).
+    int future_pending(PyObject* fut, const char* where);
+    // fut.set_result(value); false on an error (reported).
+    bool set_future_result(PyObject* fut, PyObject* value, const char* where);
     void log_access(PyObject* scope, core::HttpConnection& conn, int status);
     // With access_log_timed: one line at the end of a response (see BridgeOptions).
     bool access_log_timed() const { return access_log_ != nullptr && options_.access_log_timed; }
@@ -149,6 +153,15 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* access_log_;
     PyObject* error_log_;
     PyObject* loop_create_future_ = nullptr;
+    // NOTE(perf): asyncio.Future and its done / set_result descriptors, called directly on
+    // futures of exactly that type (no method lookup per call); and with `direct_futures_`
+    // (the loop's create_future is asyncio's or uvloop's own, both Future(loop=loop)), futures
+    // are made without the loop's Python-level method.
+    PyObject* future_type_ = nullptr;
+    PyObject* future_done_ = nullptr;
+    PyObject* future_set_result_ = nullptr;
+    PyObject* kw_loop_ = nullptr;
+    bool direct_futures_ = false;
     PyObject* loop_call_soon_ = nullptr;
     PyObject* loop_call_later_ = nullptr;
     PyObject* task_type_ = nullptr;    // asyncio.Task

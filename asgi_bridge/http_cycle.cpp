@@ -456,17 +456,15 @@ void CycleHandler::wake_receiver() {
     PyObject* fut = receive_waiter_;
     if (fut == nullptr) return;
     receive_waiter_ = nullptr;
-    PyObject* done = PyObject_CallMethodNoArgs(fut, n::done);
-    if (done == Py_False) {
-        PyObject* msg = next_message();
-        PyObject* r = msg ? PyObject_CallMethodOneArg(fut, n::set_result, msg) : nullptr;
-        Py_XDECREF(msg);
-        if (r == nullptr) server_.report_python_error("receive()");
-        Py_XDECREF(r);
-    } else if (done == nullptr) {
-        server_.report_python_error("receive()");
+    // A cancelled receive() takes nothing: the message waits for the next call.
+    if (server_.future_pending(fut, "receive()") == 1) {
+        if (PyObject* msg = next_message()) {
+            server_.set_future_result(fut, msg, "receive()");
+            Py_DECREF(msg);
+        } else {
+            server_.report_python_error("receive()");
+        }
     }
-    Py_XDECREF(done);
     Py_DECREF(fut);
 }
 
@@ -474,15 +472,8 @@ void CycleHandler::wake_sender() {
     PyObject* fut = send_waiter_;
     if (fut == nullptr) return;
     send_waiter_ = nullptr;
-    PyObject* done = PyObject_CallMethodNoArgs(fut, n::done);
-    if (done == Py_False) {
-        PyObject* r = PyObject_CallMethodOneArg(fut, n::set_result, Py_None);
-        if (r == nullptr) server_.report_python_error("send()");
-        Py_XDECREF(r);
-    } else if (done == nullptr) {
-        server_.report_python_error("send()");
-    }
-    Py_XDECREF(done);
+    if (server_.future_pending(fut, "send()") == 1)
+        server_.set_future_result(fut, Py_None, "send()");
     Py_DECREF(fut);
 }
 

@@ -542,17 +542,12 @@ void WsHandler::wake_receiver() {
     PyObject* fut = receive_waiter_;
     if (fut == nullptr || queue_.empty()) return;
     receive_waiter_ = nullptr;
-    PyObject* done = PyObject_CallMethodNoArgs(fut, n::done);
-    if (done == Py_False) {
+    // A cancelled receive() takes nothing: the message waits in the queue for the next call.
+    if (server_.future_pending(fut, "receive()") == 1) {
         PyObject* msg = queue_.pop();
-        PyObject* r = PyObject_CallMethodOneArg(fut, n::set_result, msg);
+        server_.set_future_result(fut, msg, "receive()");
         Py_DECREF(msg);
-        if (r == nullptr) server_.report_python_error("receive()");
-        Py_XDECREF(r);
-    } else if (done == nullptr) {
-        server_.report_python_error("receive()");
     }
-    Py_XDECREF(done);
     Py_DECREF(fut);
 }
 
@@ -560,22 +555,17 @@ void WsHandler::wake_sender(PyObject* exc_type) {
     PyObject* fut = send_waiter_;
     if (fut == nullptr) return;
     send_waiter_ = nullptr;
-    PyObject* done = PyObject_CallMethodNoArgs(fut, n::done);
-    if (done == Py_False) {
-        PyObject* r = nullptr;
-        if (exc_type != nullptr) {
-            PyObject* exc = PyObject_CallNoArgs(exc_type);
-            r = exc ? PyObject_CallMethodOneArg(fut, w.set_exception, exc) : nullptr;
-            Py_XDECREF(exc);
+    if (server_.future_pending(fut, "send()") == 1) {
+        if (exc_type == nullptr) {
+            server_.set_future_result(fut, Py_None, "send()");
         } else {
-            r = PyObject_CallMethodOneArg(fut, n::set_result, Py_None);
+            PyObject* exc = PyObject_CallNoArgs(exc_type);
+            PyObject* r = exc ? PyObject_CallMethodOneArg(fut, w.set_exception, exc) : nullptr;
+            Py_XDECREF(exc);
+            if (r == nullptr) server_.report_python_error("send()");
+            Py_XDECREF(r);
         }
-        if (r == nullptr) server_.report_python_error("send()");
-        Py_XDECREF(r);
-    } else if (done == nullptr) {
-        server_.report_python_error("send()");
     }
-    Py_XDECREF(done);
     Py_DECREF(fut);
 }
 

@@ -7,6 +7,8 @@ from both servers, request after request on one keep-alive connection and on fre
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rawhttp import build_request, connect, exchange
@@ -76,3 +78,23 @@ def test_pipelined_requests_do_not_share_context(cppuvicorn_servers, app, factor
         assert report["request_var_after"] == path
         assert report["child_saw"] == [path]
         assert report["made_by_factory"] is factory, report
+
+
+def test_receive_waits_on_the_loops_own_futures(servers):
+    """With a loop of the app's own (``--loop module:factory``) whose create_future is its
+    own, a receive() that has to wait uses it, under both servers. (cppuvicorn makes futures
+    directly only for asyncio's and uvloop's loops, whose create_future is Future(loop=loop).)"""
+
+    def run(s):
+        srv = s.spawn("task_apps:count_futures", "--loop", "task_apps:counting_loop")
+        with connect(srv) as conn:
+            head = (b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+            conn.send(head + b"01234")
+            time.sleep(0.3)  # the app is waiting in receive() for the rest
+            conn.send(b"56789")
+            r = conn.read_response("POST")
+        assert r.status == 200, r
+        return r.json()
+
+    got = servers.compare(run)
+    assert got == {"loop": "CountingLoop", "made_while_receiving": True, "size": 10}, got

@@ -94,3 +94,44 @@ async def identity_factory(scope, receive, send):
         await _lifespan(receive, send, install_factory=True)
     else:
         await _report(scope, receive, send)
+
+
+# --loop task_apps:counting_loop: a loop class whose create_future is its own (it counts), for
+# the check that a receive() that has to wait gets its future from the app's loop, as
+# asyncio.Event.wait does under Uvicorn.
+class CountingLoop(asyncio.SelectorEventLoop):
+    # The tasks that made a future through this method (servers make others elsewhere, such
+    # as the main loop's sleep).
+    made_by: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+
+    def create_future(self):
+        task = asyncio.current_task(self)
+        if task is not None:
+            CountingLoop.made_by.add(task)
+        return super().create_future()
+
+
+def counting_loop() -> asyncio.AbstractEventLoop:
+    return CountingLoop()
+
+
+async def count_futures(scope, receive, send):
+    """POST: reads the body (the client sends it in two parts, so receive() waits) and answers
+    whether this request's task made a future through the loop's create_future meanwhile, and
+    the body's length."""
+    if scope["type"] != "http":
+        return
+    me = asyncio.current_task()
+    CountingLoop.made_by.discard(me)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = json.dumps({"loop": type(asyncio.get_running_loop()).__name__,
+                       "made_while_receiving": me in CountingLoop.made_by,
+                       "size": size}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
