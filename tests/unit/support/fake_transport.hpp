@@ -7,6 +7,7 @@
 #include "core/http_connection.hpp"
 #include "core/transport.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -24,9 +25,13 @@ class FakeTransport final : public core::Transport {
     void attach(core::HttpConnection& conn) { conn_ = &conn; }
 
     // ---- driving the connection, as TcpConnection would ----
+    // As a socket read: the bytes lie in a read buffer that is reused (here: scribbled over)
+    // once on_data returns, so a connection that kept a view into it reads garbage.
     void deliver(std::string_view bytes) {
         if (!reading_) throw std::logic_error("deliver() while reading is paused");
-        connection().on_data(bytes);
+        read_buffer_.assign(bytes);
+        connection().on_data(read_buffer_);
+        std::fill(read_buffer_.begin(), read_buffer_.end(), '\xAA');
     }
     void eof() { connection().on_eof(); }
     // The peer read everything: unsent bytes reach written() and on_drained() is called.
@@ -103,6 +108,7 @@ class FakeTransport final : public core::Transport {
     }
 
     core::HttpConnection* conn_ = nullptr;
+    std::string read_buffer_;
     std::string out_;
     std::string unsent_;
     std::string written_;
