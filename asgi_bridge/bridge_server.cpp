@@ -32,10 +32,8 @@ bool standard_create_future(PyObject* loop) {
     bool standard = false;
     for (auto [module, cls] :
          {std::pair{"asyncio", "BaseEventLoop"}, std::pair{"uvloop", "Loop"}}) {
-        // Only a module already imported: the loop's own is, whichever it is.
-        PyObject* name = PyUnicode_FromString(module);
-        PyObject* mod = name != nullptr ? PyImport_GetModule(name) : nullptr;
-        Py_XDECREF(name);
+        // Only a module already imported (borrowed from sys.modules): the loop's own is.
+        PyObject* mod = PyDict_GetItemString(PyImport_GetModuleDict(), module);
         PyObject* type = mod != nullptr ? PyObject_GetAttrString(mod, cls) : nullptr;
         PyObject* theirs =
             type != nullptr ? PyObject_GetAttrString(type, "create_future") : nullptr;
@@ -43,7 +41,6 @@ bool standard_create_future(PyObject* loop) {
         standard = standard || (theirs != nullptr && theirs == mine);
         Py_XDECREF(theirs);
         Py_XDECREF(type);
-        Py_XDECREF(mod);
     }
     Py_DECREF(mine);
     return standard;

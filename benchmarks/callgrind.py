@@ -122,11 +122,15 @@ def ws_messages(port: int, n: int, size: int = WS_MESSAGE_SIZE) -> None:
         if not buf.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {buf[:60]!r}")
         buf = buf[buf.index(b"\r\n\r\n") + 4:]
-        payload = bytes(i % 251 for i in range(size))
         mask = b"\x5a\xa5\x3c\xc3"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert size < 126
-        frame = bytes([0x82, 0x80 | size]) + mask + masked
+
+        def client_frame(opcode: int, data: bytes) -> bytes:  # short (< 126 B) and masked
+            assert len(data) < 126
+            return (bytes([0x80 | opcode, 0x80 | len(data)]) + mask
+                    + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+        payload = bytes(i % 251 for i in range(size))
+        frame = client_frame(0x2, payload)
         echo = bytes([0x82, size]) + payload
         for _ in range(n):
             s.sendall(frame)
@@ -138,9 +142,7 @@ def ws_messages(port: int, n: int, size: int = WS_MESSAGE_SIZE) -> None:
             if buf[:len(echo)] != echo:
                 raise RuntimeError(f"unexpected echo {buf[:20]!r}")
             buf = buf[len(echo):]
-        close = (1000).to_bytes(2, "big")
-        s.sendall(bytes([0x88, 0x80 | len(close)]) + mask + bytes(
-            b ^ mask[i % 4] for i, b in enumerate(close)))
+        s.sendall(client_frame(0x8, (1000).to_bytes(2, "big")))
         while len(buf) < 2:  # the server's close frame
             chunk = s.recv(65536)
             if not chunk:

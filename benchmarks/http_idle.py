@@ -179,9 +179,7 @@ def measure(args, name: str, port_cursor: list[int], workdir: Path) -> dict:
         rec["error"] = f"{type(e).__name__}: {e}"
         rec["log_tail"] = base.tail(log, 10)
     finally:
-        for _r, w in writers:
-            w.transport.abort()
-        loop.run_until_complete(asyncio.sleep(0))
+        close_idle(loop, writers)
         loop.close()
         base.kill_tree(proc, grace=10.0)
     return rec
