@@ -18,6 +18,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace cppuvicorn::asgi {
 
@@ -96,6 +97,9 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void on_task_started(HttpCycle* c);
     void on_task_finished(HttpCycle* c);
     void on_response_complete() { ++total_requests_; }
+    // Inside a read pass: keeps the cycle (a reference) to answer its waiting receive() in
+    // after_reads(), and returns true; elsewhere false (answer now).
+    bool wake_later(HttpCycle* c);
     const core::ServerConfig& config() const { return server_.config(); }
 
     // ---- core::ConnectionEvents ----
@@ -114,6 +118,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void request_run() noexcept override;
     void request_accept() noexcept override;
     void request_release() noexcept override;
+    bool after_reads() noexcept override;
 
     // ---- WebSocket sessions (defined in websocket_cycle.cpp) ----
     core::WebSocketHandler* on_websocket(core::HttpConnection& conn,
@@ -141,7 +146,38 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     void after_run();
     void schedule_tick();
     void reraise_stashed();
-    PyObject* spawn(PyObject* coro);          // new reference to the Task, or nullptr
+    PyObject* spawn(PyObject* coro);  // new reference to the Task, or nullptr
+    // Inside the loop's callbacks (the window): Task() with its first step kept back (see
+    // spawn_stepped), run by after_reads(). New reference to the Task, or nullptr.
+    PyObject* spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context);
+    void run_step(PyObject* step, PyObject* context);
+    void after_reads_elsewhere();  // on close: wakes now, and hands the steps to the loop
+
+  public:
+    // The loop's call_soon while spawn_stepped makes a Task: keeps the Task's first step.
+    PyObject* catch_call_soon(PyObject* const* args, std::size_t nargsf, PyObject* kwnames);
+
+  private:
+    PyObject* call_soon_catcher_ = nullptr;  // a builtin calling catch_call_soon; null: off
+    PyObject* stepped_context_ = nullptr;    // the context of the Task being made (borrowed)
+    PyObject* captured_step_ = nullptr;      // its first step, kept by catch_call_soon
+    struct FirstStep {
+        PyObject* step;
+        PyObject* context;
+    };
+    std::vector<FirstStep> first_steps_;  // kept back, in the order the Tasks were made
+    std::vector<HttpCycle*> wakes_;       // see wake_later (each holds a reference)
+    bool running_steps_ = false;
+    // True inside the loop's callbacks into this server (run, tick, accept, release): no Task
+    // is current there, and after_reads() runs before they return.
+    bool in_window_ = false;
+    struct Window {
+        explicit Window(BridgeServer& s) : s_(s) { s_.in_window_ = true; }
+        ~Window() { s_.in_window_ = false; }
+        Window(const Window&) = delete;
+        Window& operator=(const Window&) = delete;
+        BridgeServer& s_;
+    };
     PyObject* call_soon(PyObject* callback);  // loop.call_soon(callback, context=base_context_)
 
     uv_loop_t uv_loop_{};

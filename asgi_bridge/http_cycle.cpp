@@ -126,14 +126,14 @@ class CycleHandler final : public core::RequestHandler {
             return;
         }
         if (receive_waiter_ != nullptr) {
-            wake_receiver();
+            wake_soon();
         } else if (body_.size() >= server_.config().read_high_water && conn_ != nullptr) {
             conn_->pause_body();
         }
     }
     void on_body_complete() noexcept override {
         body_complete_ = true;
-        if (receive_waiter_ != nullptr) wake_receiver();
+        if (receive_waiter_ != nullptr) wake_soon();
     }
     void on_writable() noexcept override { wake_sender(); }
     void on_disconnect() noexcept override {
@@ -189,6 +189,12 @@ class CycleHandler final : public core::RequestHandler {
         }
     }
 
+    // BridgeServer::wake_later's call: the reads of this pass are done.
+    void deferred_wake() {
+        wake_queued_ = false;
+        if (receive_waiter_ != nullptr) wake_receiver();
+    }
+
     bool response_started() const { return response_started_; }
     bool response_complete() const { return response_complete_; }
     bool disconnected() const { return disconnected_; }
@@ -198,6 +204,16 @@ class CycleHandler final : public core::RequestHandler {
   private:
     PyObject* next_message();  // new reference
     void wake_receiver();
+    // Body arrived for a waiting receive(): answer it once the reads of this pass are done (one
+    // message for what they brought, as Uvicorn's task finds it), or now outside such a pass.
+    void wake_soon() {
+        if (wake_queued_) return;
+        if (server_.wake_later(self_)) {
+            wake_queued_ = true;
+        } else {
+            wake_receiver();
+        }
+    }
     void wake_sender();
     PyObject* send_start(PyObject* message);
     PyObject* send_body(PyObject* message);
@@ -228,6 +244,7 @@ class CycleHandler final : public core::RequestHandler {
     bool body_complete_ = false;
     bool final_body_delivered_ = false;
     bool disconnected_ = false;
+    bool wake_queued_ = false;  // in BridgeServer's wake list (see wake_soon)
     bool response_started_ = false;
     bool response_complete_ = false;
     bool task_running_ = false;
@@ -736,6 +753,9 @@ void http_cycle_begin_task(HttpCycle* c) {
 }
 void http_cycle_attach_task(HttpCycle* c, PyObject* task) {
     c->handler->attach_task(task);
+}
+void http_cycle_wake_receiver(HttpCycle* c) {
+    c->handler->deferred_wake();
 }
 void http_cycle_cancel(HttpCycle* c) {
     c->handler->cancel_task();

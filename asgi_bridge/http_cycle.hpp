@@ -31,6 +31,8 @@ void http_cycle_begin_task(HttpCycle* c);
 void http_cycle_attach_task(HttpCycle* c, PyObject* task);  // steals `task`
 // Cancels the cycle's task if it is still running (graceful shutdown timeout).
 void http_cycle_cancel(HttpCycle* c);
+// Answers a receive() left waiting while the body came in (see BridgeServer::wake_later).
+void http_cycle_wake_receiver(HttpCycle* c);
 
 // A finished awaitable: `await ready` returns its value without suspending.
 PyObject* ready_awaitable_new(PyObject* value);  // steals `value`

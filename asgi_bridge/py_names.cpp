@@ -12,7 +12,7 @@ PyObject *type, *asgi, *version, *spec_version, *http_version, *server, *client,
 PyObject *http, *https, *v1_0, *v1_1, *v3_0, *http_request, *http_disconnect, *http_response_start,
     *http_response_body, *http_response_pathsend, *empty_bytes, *empty_str;
 PyObject *create_future, *set_result, *done, *cancel, *warning, *log, *add_done_callback, *error,
-    *debug, *loop, *eager_start, *context;
+    *debug, *loop, *eager_start, *context, *call_soon;
 
 namespace {
 
@@ -56,7 +56,8 @@ bool init() {
               intern(done, "done") && intern(cancel, "cancel") && intern(warning, "warning") &&
               intern(log, "log") && intern(add_done_callback, "add_done_callback") &&
               intern(error, "error") && intern(debug, "debug") && intern(loop, "loop") &&
-              intern(eager_start, "eager_start") && intern(context, "context");
+              intern(eager_start, "eager_start") && intern(context, "context") &&
+              intern(call_soon, "call_soon");
     if (!ok) return false;
     empty_bytes = PyBytes_FromStringAndSize("", 0);
     if (empty_bytes == nullptr) return false;

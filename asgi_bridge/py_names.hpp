@@ -55,6 +55,7 @@ extern PyObject* debug;
 extern PyObject* loop;
 extern PyObject* eager_start;
 extern PyObject* context;
+extern PyObject* call_soon;
 
 // Interned HTTP method names ("GET", "POST", …) or a new string for unknown ones.
 PyObject* method_str(const char* data, Py_ssize_t len);  // new reference

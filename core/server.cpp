@@ -236,18 +236,19 @@ void Server::remove(TcpConnection* c) {
     if (c->in_resume_list)
         std::replace(resume_list_.begin(), resume_list_.end(), c,
                      static_cast<TcpConnection*>(nullptr));
+    std::replace(resumed_.begin(), resumed_.end(), c, static_cast<TcpConnection*>(nullptr));
 }
 
 void Server::defer_flush(TcpConnection* c) {
     c->in_flush_list = true;
     flush_list_.push_back(c);
-    note_uv_work();
+    if (!in_first_steps_) note_uv_work();  // else flushed by the run_deferred now running
 }
 
 void Server::defer_resume(TcpConnection* c) {
     c->in_resume_list = true;
     resume_list_.push_back(c);
-    note_uv_work();
+    if (!in_first_steps_) note_uv_work();  // else resumed by the run_deferred now running
 }
 
 void Server::note_uv_work() {
@@ -257,26 +258,36 @@ void Server::note_uv_work() {
 }
 
 void Server::run_deferred() {
-    // Pipelined requests first: their responses may join the flushes below.
-    bool holding = false;
-    while (!resume_list_.empty()) {
-        std::vector<TcpConnection*> batch;
-        batch.swap(resume_list_);
-        for (TcpConnection* c : batch) {
-            if (c == nullptr) continue;
-            c->in_resume_list = false;
-            c->http().process_pending();
-            // A pipelined request is now in flight and its handler has not had its first
-            // step yet (an asyncio Task's first step is queued with call_soon): hold back
-            // what this connection has corked, the responses before it, until a release
-            // queued after that step, so a pipeline's responses leave in one write instead
-            // of one each. A handler that does not answer at once delays them by one step.
-            if (c->http().awaiting_response()) {
-                c->hold_ticket = releases_requested_ + 1;
-                holding = true;
+    // Pipelined requests first, then the first steps of the handlers started since the last
+    // pass (by these reads and by the pipeline): the responses they make join the flushes
+    // below. A response may let the next pipelined request in: repeat until both are done.
+    in_first_steps_ = true;
+    do {
+        while (!resume_list_.empty()) {
+            std::vector<TcpConnection*> batch;
+            batch.swap(resume_list_);
+            for (TcpConnection* c : batch) {
+                if (c == nullptr) continue;
+                c->in_resume_list = false;
+                c->http().process_pending();
+                if (c->http().awaiting_response()) resumed_.push_back(c);
             }
         }
+    } while (hooks_.after_reads());
+    in_first_steps_ = false;
+    // A pipelined request still in flight after its handler's first step (a handler that
+    // awaits, or one whose step the loop runs later): hold back what its connection has
+    // corked, the responses before it, until a release queued after that step, so that a
+    // pipeline's responses leave in one write instead of one each. A handler that does not
+    // answer within a loop turn delays them by one turn.
+    bool holding = false;
+    for (TcpConnection* c : resumed_) {
+        if (c != nullptr && c->http().awaiting_response()) {
+            c->hold_ticket = releases_requested_ + 1;
+            holding = true;
+        }
     }
+    resumed_.clear();
     if (holding) {
         ++releases_requested_;
         hooks_.request_release();

@@ -37,6 +37,11 @@ class LoopHooks {
     // Server::release_held() once for each call, after everything the loop has queued so far
     // (their first steps), in the order of the calls (asyncio's call_soon is FIFO).
     virtual void request_release() noexcept = 0;
+    // The reads of a libuv pass (and the pipelined requests let in) are done, the flushes
+    // not yet: do what was kept for this moment (the bridge: the first steps of the handlers
+    // just started, and answers to handlers that waited for body). True if there was any.
+    // What the handlers answer then leaves in this turn's writes.
+    virtual bool after_reads() noexcept = 0;
 
   protected:
     ~LoopHooks() = default;
@@ -113,8 +118,10 @@ class Server {
     std::vector<TcpConnection*> connections_;
     std::vector<TcpConnection*> flush_list_;
     std::vector<TcpConnection*> resume_list_;
+    std::vector<TcpConnection*> resumed_;  // run_deferred: resumed, awaiting a first answer
     std::unique_ptr<char[]> read_buffer_;
     bool in_uv_run_ = false;
+    bool in_first_steps_ = false;  // run_deferred is resuming and stepping; its flushes follow
     std::uint64_t releases_requested_ = 0;  // LoopHooks::request_release() calls so far
     std::uint64_t releases_done_ = 0;       // release_held() calls so far
     bool run_requested_ = false;

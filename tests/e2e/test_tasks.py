@@ -98,3 +98,45 @@ def test_receive_waits_on_the_loops_own_futures(servers):
 
     got = servers.compare(run)
     assert got == {"loop": "CountingLoop", "made_while_receiving": True, "size": 10}, got
+
+
+def test_first_step_needs_no_loop_round_trip(servers):
+    """cppuvicorn runs a request Task's first step itself, once the reads of the loop pass are
+    done (3.12+: eager start), instead of leaving it to loop.call_soon as Uvicorn's create_task
+    does; the Task's later steps come back through the loop as usual. ``--loop
+    task_apps:step_loop`` notes every Task step the loop is asked to schedule."""
+
+    def run(s):
+        srv = s.spawn("task_apps:first_step", "--loop", "task_apps:step_loop")
+        with connect(srv) as conn:
+            out = []
+            for i in range(3):
+                r = conn.request("GET", f"/{i}")
+                assert r.status == 200, r
+                out.append(r.json())
+        return out
+
+    for kind in filter(None, (servers, servers.oracle)):
+        expected = {"loop": "StepLoop", "scheduled_before_first_step": kind.is_oracle,
+                    "scheduled_after_sleep": True}
+        assert run(kind) == [expected] * 3, kind.kind
+
+
+def test_body_sent_with_its_head_is_one_message(servers):
+    """A POST whose body comes in the same packet as its head: the app's first receive() gets
+    all of it with more_body False, as under Uvicorn (not the body so far, then an empty end),
+    although the Task starts before the body is parsed."""
+
+    def run(s):
+        srv = s.spawn("task_apps:receive_log")
+        out = []
+        with connect(srv) as conn:
+            for size in (10, 1000):
+                conn.send(b"POST /log HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size
+                          + b"x" * size)
+                r = conn.read_response("POST")
+                assert r.status == 200, r
+                out.append(r.json())
+        return out
+
+    assert servers.compare(run) == [[[10, False]], [[1000, False]]]

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fcntl.h>
+#include <functional>
 #include <memory>
 #include <netinet/in.h>
 #include <string>
@@ -43,6 +44,13 @@ struct CountingHooks final : LoopHooks {
     int releases_requested = 0;
     void request_run() noexcept override { ++runs_requested; }
     void request_release() noexcept override { ++releases_requested; }
+    // What the bridge does there (first steps of new handlers); none by default.
+    std::function<bool()> on_after_reads;
+    int after_reads_calls = 0;
+    bool after_reads() noexcept override {
+        ++after_reads_calls;
+        return on_after_reads ? on_after_reads() : false;
+    }
     void request_accept() noexcept override {
         ++accepts_requested;
         accept_due = true;
@@ -267,6 +275,30 @@ TEST_CASE("Server: a pipelined response is held until the next request's handler
         return client.received.size() >= ok("one").size() + ok("two").size() + ok("three").size();
     }));
     CHECK(client.received == ok("one") + ok("two") + ok("three"));
+}
+
+TEST_CASE("Server: handlers answered after the reads leave in the same pass, a pipeline whole",
+          "[server]") {
+    LoopRig rig;
+    // As the bridge's first steps: answer the request in flight, if any, once the reads are done.
+    int answered = 0;
+    rig.hooks.on_after_reads = [&] {
+        if (!rig.app.active()) return false;
+        ++answered;
+        return rig.app.respond(Response::text(std::to_string(answered))) == WriteResult::kOk;
+    };
+    Client client{rig.bound.port};
+    client.send(kGet1 + kGet2 + "GET /3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(rig.spin_until([&] { return rig.app.count("head GET /1") == 1; }));
+    // The turn that read /1 answered it after its reads, which let /2 in, answered in turn,
+    // and so /3: nothing was held back for a later release.
+    CHECK(rig.app.count("release") == 3);
+    CHECK(rig.hooks.releases_requested == 0);
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.received.size() >= ok("1").size() * 3;
+    }));
+    CHECK(client.received == ok("1") + ok("2") + ok("3"));
 }
 
 TEST_CASE("Server: a malformed request gets a 400 and the socket is closed", "[server]") {

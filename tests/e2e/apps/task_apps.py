@@ -135,3 +135,54 @@ async def count_futures(scope, receive, send):
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+# --loop task_apps:step_loop: a loop class that notes each Task whose step it is asked to
+# schedule, for the check that cppuvicorn runs a request Task's first step without the loop
+# (it keeps the step back and runs it once the reads of the pass are done; 3.12+ starts the
+# Task eagerly), while Uvicorn's create_task schedules it with call_soon.
+class StepLoop(asyncio.SelectorEventLoop):
+    scheduled: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+
+    def call_soon(self, callback, *args, context=None):
+        task = getattr(callback, "__self__", None)  # a Task's step (C or Python Task)
+        if isinstance(task, asyncio.Task):
+            StepLoop.scheduled.add(task)
+        return super().call_soon(callback, *args, context=context)
+
+
+def step_loop() -> asyncio.AbstractEventLoop:
+    return StepLoop()
+
+
+async def first_step(scope, receive, send):
+    """Answers whether this request's Task had a step scheduled through loop.call_soon before
+    it first ran, and whether it still waits on the loop as usual afterwards (a sleep)."""
+    if scope["type"] != "http":
+        return
+    me = asyncio.current_task()
+    before = me in StepLoop.scheduled
+    await asyncio.sleep(0)  # the Task's next step comes back through the loop
+    body = json.dumps({"loop": type(asyncio.get_running_loop()).__name__,
+                       "scheduled_before_first_step": before,
+                       "scheduled_after_sleep": me in StepLoop.scheduled}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def receive_log(scope, receive, send):
+    """POST: answers the (body length, more_body) of each http.request message it received."""
+    if scope["type"] != "http":
+        return
+    log, more = [], True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+        log.append([len(message.get("body", b"")), more])
+    body = json.dumps(log).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
