@@ -41,6 +41,10 @@ struct WsNames {
     PyObject* ws_http_response;  // the extension's name in the scope
     PyObject* set_exception;
     PyObject* ready_none;  // a ReadyAwaitable of None
+    // {"type": "websocket.receive", "text"/"bytes": None}: each message is a copy with its
+    // value set (copying the keys is cheaper than inserting them into a new dict).
+    PyObject* receive_text_template;
+    PyObject* receive_bytes_template;
 };
 WsNames w{};
 
@@ -465,12 +469,11 @@ void WsHandler::on_ws_rejected(int status) noexcept {
 }
 
 void WsHandler::on_ws_message(bool text, std::string_view data) noexcept {
-    PyObject* msg = PyDict_New();
+    PyObject* msg = PyDict_Copy(text ? w.receive_text_template : w.receive_bytes_template);
     PyObject* value =
         text ? PyUnicode_DecodeUTF8(data.data(), static_cast<Py_ssize_t>(data.size()), nullptr)
              : PyBytes_FromStringAndSize(data.data(), static_cast<Py_ssize_t>(data.size()));
     bool ok = msg != nullptr && value != nullptr &&
-              PyDict_SetItem(msg, n::type, w.ws_receive) == 0 &&
               PyDict_SetItem(msg, text ? w.text : w.bytes, value) == 0;
     Py_XDECREF(value);
     if (!ok) {
@@ -1300,6 +1303,14 @@ bool register_ws_types(PyObject* module) {
     if (!ok) return false;
     w.ready_none = ready_awaitable_new(Py_NewRef(Py_None));
     if (w.ready_none == nullptr) return false;
+    for (auto [slot, key] : {std::pair{&w.receive_text_template, w.text},
+                             std::pair{&w.receive_bytes_template, w.bytes}}) {
+        *slot = PyDict_New();  // keys: the interned names the app's lookups use
+        if (*slot == nullptr || PyDict_SetItem(*slot, n::type, w.ws_receive) != 0 ||
+            PyDict_SetItem(*slot, key, Py_None) != 0) {
+            return false;
+        }
+    }
 
     WsCycleType.tp_name = "cppuvicorn._core.WebSocketSend";
     WsCycleType.tp_basicsize = sizeof(WsCycle) + sizeof(WsHandler);
