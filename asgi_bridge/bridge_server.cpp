@@ -492,12 +492,14 @@ PyObject* BridgeServer::spawn(PyObject* coro) {
 }
 
 // NOTE(perf): 3.11 has no eager_start. A new Task's first step, which Task() schedules with
-// loop.call_soon(step, context=ctx), is kept back and run by after_reads() before this loop
-// callback returns: after the reads of this pass (a request's body that came with its head is
-// then in hand, as under Uvicorn), and before this turn's writes (what the step answers leaves
-// at once). Left to the loop, the step waits for its next turn (one Handle made and run per
-// request) and the response for the turn after: 33,083 against 27,628 instructions per hello
-// request under callgrind.
+// loop.call_soon(step, context=ctx), is kept back and run by after_reads() once the read that
+// started it is parsed (a body that came with its head is then in hand, as under Uvicorn), or
+// after the pipelined requests of a pass; in either case before the pass's writes, so what the
+// step answers leaves at once. Left to the loop, the step waits for its next turn (one Handle
+// made and run per request) and the response for the turn after: 33,083 against 27,628
+// instructions per hello request under callgrind. Running the steps only after all the reads
+// of a pass doubled p99 at 256 connections: every Task of the pass stayed alive meanwhile, and
+// the GC promoted them and ran full collections (benchmarks/results/ab-2026-12-05-first-steps.md).
 // To keep the step, the loop's call_soon is shadowed by an instance attribute for the length of
 // Task(). Any other call_soon made meanwhile (from a finalizer run by the GC, say) goes on to
 // the loop's own method: only the call with this Task's context is kept. A loop without an

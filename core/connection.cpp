@@ -114,6 +114,7 @@ void TcpConnection::on_uv_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) noex
 
 void TcpConnection::on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
     auto* c = static_cast<TcpConnection*>(s->data);
+    Server& server = c->server_;
     if (nread > 0) {
         if (c->metrics_ != nullptr)
             c->metrics_->add(kBytesReceived, static_cast<std::uint64_t>(nread));
@@ -122,6 +123,11 @@ void TcpConnection::on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* bu
         } else {
             c->http_->on_data({buf->base, static_cast<std::size_t>(nread)});
         }
+        // What the handlers started by these bytes do first, they do now: their objects die
+        // young (a pass that kept every Task of its reads alive for the whole pass made the
+        // Python GC promote them, and run full collections several times as often), and a
+        // body that came with its head has been parsed by then.
+        server.after_read();
     } else if (nread < 0) {
         c->http_->on_eof();
     }

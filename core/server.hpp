@@ -37,10 +37,11 @@ class LoopHooks {
     // Server::release_held() once for each call, after everything the loop has queued so far
     // (their first steps), in the order of the calls (asyncio's call_soon is FIFO).
     virtual void request_release() noexcept = 0;
-    // The reads of a libuv pass (and the pipelined requests let in) are done, the flushes
-    // not yet: do what was kept for this moment (the bridge: the first steps of the handlers
-    // just started, and answers to handlers that waited for body). True if there was any.
-    // What the handlers answer then leaves in this turn's writes.
+    // The bytes of one read have been parsed (called inside uv_run), or the pipelined
+    // requests of run_deferred let in (before its flushes): do what was kept for this moment
+    // (the bridge: the first steps of the handlers just started, and answers to handlers that
+    // waited for body). True if there was any. What the handlers answer leaves in this loop
+    // pass's writes.
     virtual bool after_reads() noexcept = 0;
 
   protected:
@@ -91,6 +92,7 @@ class Server {
     // ---- for TcpConnection ----
     uv_buf_t borrow_read_buffer();
     void defer_flush(TcpConnection* c);
+    void after_read() { hooks_.after_reads(); }  // a read's bytes are parsed (in uv_run)
     void defer_resume(TcpConnection* c);
     void note_uv_work();
     void add(TcpConnection* c);
