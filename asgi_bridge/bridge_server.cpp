@@ -213,8 +213,8 @@ void BridgeServer::start() {
     request_run();  // the listeners' epoll registrations happen inside uv_run
 }
 
-PyObject* BridgeServer::call_soon(PyObject* callback) {
-    PyObject* args[] = {callback, base_context_};
+PyObject* BridgeServer::call_soon(PyObject* callback, PyObject* context) {
+    PyObject* args[] = {callback, context};
     return PyObject_Vectorcall(loop_call_soon_, args, 1, kw_context_);
 }
 
@@ -496,15 +496,15 @@ PyObject* BridgeServer::spawn(PyObject* coro) {
 // started it is parsed (a body that came with its head is then in hand, as under Uvicorn), or
 // after the pipelined requests of a pass; in either case before the pass's writes, so what the
 // step answers leaves at once. Left to the loop, the step waits for its next turn (one Handle
-// made and run per request) and the response for the turn after: 33,083 against 27,628
-// instructions per hello request under callgrind. Running the steps only after all the reads
-// of a pass doubled p99 at 256 connections: every Task of the pass stayed alive meanwhile, and
-// the GC promoted them and ran full collections (benchmarks/results/ab-2026-12-05-first-steps.md).
-// To keep the step, the loop's call_soon is shadowed by an instance attribute for the length of
-// Task(). Any other call_soon made meanwhile (from a finalizer run by the GC, say) goes on to
-// the loop's own method: only the call with this Task's context is kept. A loop without an
-// instance dict turns this off; a loop whose call_soon is already an instance attribute (a
-// patch) keeps it, and its Tasks are scheduled as usual.
+// made and run per request) and the response for the turn after: 33,103 against 27,337
+// instructions per hello request under callgrind (benchmarks/results/callgrind-2026-12-05-c.md).
+// Running the steps only after all the reads of a pass doubled p99 at 256 connections: every Task
+// of the pass stayed alive meanwhile, and the GC promoted them and ran full collections
+// (benchmarks/results/ab-2026-12-05-first-steps.md). To keep the step, the loop's call_soon is
+// shadowed by an instance attribute for the length of Task(). Any other call_soon made meanwhile
+// (from a finalizer run by the GC, say) goes on to the loop's own method: only the call with this
+// Task's context is kept. A loop without an instance dict turns this off; a loop whose call_soon is
+// already an instance attribute (a patch) keeps it, and its Tasks are scheduled as usual.
 PyObject* BridgeServer::spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context) {
     PyObject* dict = PyObject_GenericGetDict(loop_, nullptr);
     if (dict == nullptr) {
@@ -549,13 +549,7 @@ PyObject* BridgeServer::catch_call_soon(PyObject* const* args, std::size_t nargs
 bool BridgeServer::after_reads() noexcept {
     if (running_steps_ || (wakes_.empty() && first_steps_.empty())) return false;
     running_steps_ = true;
-    // Receivers first: they waited longest. Each cycle is answered with what the reads brought.
-    for (std::size_t i = 0; i < wakes_.size(); ++i) {
-        HttpCycle* c = wakes_[i];
-        http_cycle_wake_receiver(c);
-        Py_DECREF(http_cycle_as_object(c));
-    }
-    wakes_.clear();
+    wake_kept_receivers();  // first: they waited longest
     // A step may start another Task (a pipelined request let in by a response): its step joins
     // the list and runs in this same pass, in order.
     for (std::size_t i = 0; i < first_steps_.size(); ++i) {
@@ -588,14 +582,18 @@ void BridgeServer::run_step(PyObject* step, PyObject* context) {
     Py_DECREF(context);
 }
 
-void BridgeServer::after_reads_elsewhere() {
+void BridgeServer::wake_kept_receivers() {
+    // Each cycle is answered with everything the read brought.
     for (HttpCycle* c : std::exchange(wakes_, {})) {
         http_cycle_wake_receiver(c);
         Py_DECREF(http_cycle_as_object(c));
     }
+}
+
+void BridgeServer::after_reads_elsewhere() {
+    wake_kept_receivers();
     for (const FirstStep& s : std::exchange(first_steps_, {})) {
-        PyObject* args[] = {s.step, s.context};
-        PyObject* r = PyObject_Vectorcall(loop_call_soon_, args, 1, kw_context_);
+        PyObject* r = call_soon(s.step, s.context);
         if (r == nullptr) report_python_error("scheduling an ASGI task");
         Py_XDECREF(r);
         Py_DECREF(s.step);

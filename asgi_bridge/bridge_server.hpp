@@ -151,6 +151,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // spawn_stepped), run by after_reads(). New reference to the Task, or nullptr.
     PyObject* spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context);
     void run_step(PyObject* step, PyObject* context);
+    void wake_kept_receivers();    // answers the receive() calls wake_later kept
     void after_reads_elsewhere();  // on close: wakes now, and hands the steps to the loop
 
   public:
@@ -178,7 +179,9 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
         Window& operator=(const Window&) = delete;
         BridgeServer& s_;
     };
-    PyObject* call_soon(PyObject* callback);  // loop.call_soon(callback, context=base_context_)
+    // loop.call_soon(callback, context=context): new reference to the Handle, or nullptr.
+    PyObject* call_soon(PyObject* callback, PyObject* context);
+    PyObject* call_soon(PyObject* callback) { return call_soon(callback, base_context_); }
 
     uv_loop_t uv_loop_{};
     core::Server server_;

@@ -123,10 +123,10 @@ void TcpConnection::on_uv_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* bu
         } else {
             c->http_->on_data({buf->base, static_cast<std::size_t>(nread)});
         }
-        // What the handlers started by these bytes do first, they do now: their objects die
-        // young (a pass that kept every Task of its reads alive for the whole pass made the
-        // Python GC promote them, and run full collections several times as often), and a
-        // body that came with its head has been parsed by then.
+        // What the handlers started by these bytes do first, they do now, with all of these
+        // bytes parsed (a body that came with its head is in hand): their state dies before
+        // the next read makes more (run after a whole pass instead, the bridge's Tasks lived
+        // through it and the GC promoted them: see the bridge's spawn_stepped).
         server.after_read();
     } else if (nread < 0) {
         c->http_->on_eof();

@@ -236,7 +236,8 @@ void Server::remove(TcpConnection* c) {
     if (c->in_resume_list)
         std::replace(resume_list_.begin(), resume_list_.end(), c,
                      static_cast<TcpConnection*>(nullptr));
-    std::replace(resumed_.begin(), resumed_.end(), c, static_cast<TcpConnection*>(nullptr));
+    for (auto* list : {&resume_batch_, &resumed_})
+        std::replace(list->begin(), list->end(), c, static_cast<TcpConnection*>(nullptr));
 }
 
 void Server::defer_flush(TcpConnection* c) {
@@ -264,14 +265,14 @@ void Server::run_deferred() {
     in_first_steps_ = true;
     do {
         while (!resume_list_.empty()) {
-            std::vector<TcpConnection*> batch;
-            batch.swap(resume_list_);
-            for (TcpConnection* c : batch) {
+            resume_batch_.swap(resume_list_);  // both keep their capacity from turn to turn
+            for (TcpConnection* c : resume_batch_) {
                 if (c == nullptr) continue;
                 c->in_resume_list = false;
                 c->http().process_pending();
                 if (c->http().awaiting_response()) resumed_.push_back(c);
             }
+            resume_batch_.clear();
         }
     } while (hooks_.after_reads());
     in_first_steps_ = false;

@@ -120,7 +120,8 @@ class Server {
     std::vector<TcpConnection*> connections_;
     std::vector<TcpConnection*> flush_list_;
     std::vector<TcpConnection*> resume_list_;
-    std::vector<TcpConnection*> resumed_;  // run_deferred: resumed, awaiting a first answer
+    std::vector<TcpConnection*> resume_batch_;  // run_deferred: the resume_list_ being run
+    std::vector<TcpConnection*> resumed_;       // run_deferred: resumed, awaiting a first answer
     std::unique_ptr<char[]> read_buffer_;
     bool in_uv_run_ = false;
     bool in_first_steps_ = false;  // run_deferred is resuming and stepping; its flushes follow

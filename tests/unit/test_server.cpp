@@ -46,11 +46,7 @@ struct CountingHooks final : LoopHooks {
     void request_release() noexcept override { ++releases_requested; }
     // What the bridge does there (first steps of new handlers); none by default.
     std::function<bool()> on_after_reads;
-    int after_reads_calls = 0;
-    bool after_reads() noexcept override {
-        ++after_reads_calls;
-        return on_after_reads ? on_after_reads() : false;
-    }
+    bool after_reads() noexcept override { return on_after_reads ? on_after_reads() : false; }
     void request_accept() noexcept override {
         ++accepts_requested;
         accept_due = true;
