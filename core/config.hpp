@@ -23,6 +23,10 @@ struct ServerConfig {
     std::size_t max_header_count = 256;    // → 431 above it
     std::size_t read_high_water = 65536;   // pause reading when this much body is unconsumed
     std::size_t write_high_water = 65536;  // send() waits above this many unsent bytes
+    // Responses of one loop pass leave together at its end, unless the first of them has
+    // waited this long (nanoseconds; 0: always at the end): then what is ready leaves at the
+    // next read's end. Bounds the delay a long pass adds to the responses made early in it.
+    std::uint64_t flush_delay_max_ns = 1000000;
     bool date_header = true;
     // Preformatted "name: value\r\n" lines sent on every response after date (server + --header).
     std::string default_headers = "server: cppuvicorn\r\n";

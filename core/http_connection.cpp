@@ -109,6 +109,7 @@ void HttpConnection::process(std::string_view data) {
         // Task on Python 3.12+, an error) leave back to back. Writing each as its request was
         // read woke the client once per response: on a 3.13 FastAPI run, 13 % of the server's
         // time went to those wake-ups, and it served about half the requests it does now.
+        // A long pass does not hold them to its end: see ServerConfig::flush_delay_max_ns.
         if (transport_.out().size() >= ctx_.config.write_high_water) {
             transport_.flush();
         } else {

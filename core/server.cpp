@@ -236,11 +236,12 @@ void Server::remove(TcpConnection* c) {
     if (c->in_resume_list)
         std::replace(resume_list_.begin(), resume_list_.end(), c,
                      static_cast<TcpConnection*>(nullptr));
-    for (auto* list : {&resume_batch_, &resumed_})
+    for (auto* list : {&resume_batch_, &resumed_, &flush_batch_})
         std::replace(list->begin(), list->end(), c, static_cast<TcpConnection*>(nullptr));
 }
 
 void Server::defer_flush(TcpConnection* c) {
+    if (flush_list_.empty()) flush_since_ns_ = uv_hrtime();
     c->in_flush_list = true;
     flush_list_.push_back(c);
     if (!in_first_steps_) note_uv_work();  // else flushed by the run_deferred now running
@@ -293,9 +294,21 @@ void Server::run_deferred() {
         ++releases_requested_;
         hooks_.request_release();
     }
-    std::vector<TcpConnection*> batch;
-    batch.swap(flush_list_);
-    for (TcpConnection* c : batch) {
+    flush_deferred();
+}
+
+void Server::after_read() {
+    hooks_.after_reads();
+    if (flush_list_.empty() || config_.flush_delay_max_ns == 0) return;
+    std::uint64_t now = uv_hrtime();
+    if (now - flush_since_ns_ < config_.flush_delay_max_ns) return;
+    flush_deferred();
+    flush_since_ns_ = now;  // what stays is held for a release
+}
+
+void Server::flush_deferred() {
+    flush_batch_.swap(flush_list_);  // both keep their capacity from turn to turn
+    for (TcpConnection* c : flush_batch_) {
         if (c == nullptr) continue;
         if (c->hold_ticket > releases_done_ && c->http().awaiting_response() &&
             c->out().size() < config_.write_high_water) {
@@ -305,6 +318,7 @@ void Server::run_deferred() {
         c->in_flush_list = false;
         c->flush();
     }
+    flush_batch_.clear();
 }
 
 void Server::release_held() {

@@ -92,7 +92,7 @@ class Server {
     // ---- for TcpConnection ----
     uv_buf_t borrow_read_buffer();
     void defer_flush(TcpConnection* c);
-    void after_read() { hooks_.after_reads(); }  // a read's bytes are parsed (in uv_run)
+    void after_read();  // a read's bytes are parsed (in uv_run)
     void defer_resume(TcpConnection* c);
     void note_uv_work();
     void add(TcpConnection* c);
@@ -107,6 +107,7 @@ class Server {
     void accept(Listener& l);
     void accept_polled(Listener& l);
     void run_deferred();
+    void flush_deferred();
 
     uv_loop_t* loop_;
     ServerConfig config_;
@@ -119,6 +120,8 @@ class Server {
     std::vector<Listener*> listeners_;
     std::vector<TcpConnection*> connections_;
     std::vector<TcpConnection*> flush_list_;
+    std::vector<TcpConnection*> flush_batch_;  // flush_deferred: the flush_list_ being flushed
+    std::uint64_t flush_since_ns_ = 0;         // uv_hrtime() when flush_list_ last filled
     std::vector<TcpConnection*> resume_list_;
     std::vector<TcpConnection*> resume_batch_;  // run_deferred: the resume_list_ being run
     std::vector<TcpConnection*> resumed_;       // run_deferred: resumed, awaiting a first answer

@@ -297,6 +297,46 @@ TEST_CASE("Server: handlers answered after the reads leave in the same pass, a p
     CHECK(client.received == ok("1") + ok("2") + ok("3"));
 }
 
+TEST_CASE("Server: a pass's responses wait for its end only up to flush_delay_max_ns", "[server]") {
+    // Two clients whose requests are read in one pass, each answered as its head is parsed.
+    // Returns how many of them had their response when the pass's second read was parsed.
+    auto answered_by_second_read = [](std::uint64_t delay_ns) {
+        ServerConfig config = test_config();
+        config.flush_delay_max_ns = delay_ns;
+        LoopRig rig{config};
+        rig.app.respond_at(Moment::kOnHead, Response::text("hi"));
+        Client a{rig.bound.port};
+        Client b{rig.bound.port};
+        REQUIRE(rig.spin_until([&] { return rig.server->connection_count() == 2; }));
+        int seen = -1;
+        rig.hooks.on_after_reads = [&] {
+            if (seen < 0 && rig.app.count("head GET /1") + rig.app.count("head GET /2") == 2) {
+                a.pump();
+                b.pump();
+                seen = (a.received.empty() ? 0 : 1) + (b.received.empty() ? 0 : 1);
+            }
+            return false;
+        };
+        a.send(kGet1);
+        b.send(kGet2);
+        REQUIRE(rig.spin_until([&] {
+            a.pump();
+            b.pump();
+            return a.received.size() + b.received.size() >= 2 * ok("hi").size();
+        }));
+        CHECK(a.received == ok("hi"));
+        CHECK(b.received == ok("hi"));
+        return seen;
+    };
+    // Both reads in one pass: only the first one's response can be out by the second read.
+    SECTION("0: every response waits for the end of the pass") {
+        CHECK(answered_by_second_read(0) == 0);
+    }
+    SECTION("1 ns: the first read's response leaves before the second read is parsed") {
+        CHECK(answered_by_second_read(1) == 1);
+    }
+}
+
 TEST_CASE("Server: a malformed request gets a 400 and the socket is closed", "[server]") {
     LoopRig rig;
     Client client{rig.bound.port};
