@@ -239,6 +239,7 @@ class WsHandler final : public core::WebSocketHandler {
     void on_ws_connect() noexcept override;
     void on_ws_rejected(int status) noexcept override;
     void on_ws_message(bool text, std::string_view data) noexcept override;
+    void on_ws_binary(const core::WsFrame& frame) noexcept override;
     void on_ws_closed(int code, std::string_view reason,
                       core::WsCloseCause cause) noexcept override;
     void on_ws_writable() noexcept override { wake_sender(nullptr); }
@@ -280,7 +281,8 @@ class WsHandler final : public core::WebSocketHandler {
     PyObject* close(PyObject* message);
     PyObject* send_data(PyObject* message);
     PyObject* after_write(core::WriteResult r);
-    void push(PyObject* message);                       // steals
+    void push(PyObject* message);                             // steals
+    void queue_message(bool text, PyObject* value) noexcept;  // steals value (null: error set)
     void queue_disconnect(int code, PyObject* reason);  // reason: borrowed, or nullptr for none
     void wake_receiver();
     void wake_sender(PyObject* exc_type);
@@ -469,10 +471,22 @@ void WsHandler::on_ws_rejected(int status) noexcept {
 }
 
 void WsHandler::on_ws_message(bool text, std::string_view data) noexcept {
-    PyObject* msg = PyDict_Copy(text ? w.receive_text_template : w.receive_bytes_template);
     PyObject* value =
         text ? PyUnicode_DecodeUTF8(data.data(), static_cast<Py_ssize_t>(data.size()), nullptr)
              : PyBytes_FromStringAndSize(data.data(), static_cast<Py_ssize_t>(data.size()));
+    queue_message(text, value);
+}
+
+void WsHandler::on_ws_binary(const core::WsFrame& frame) noexcept {
+    // NOTE(perf): the payload is unmasked from the read buffer straight into the bytes object.
+    PyObject* value =
+        PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(frame.payload.size()));
+    if (value != nullptr) frame.unmask_to(PyBytes_AS_STRING(value));
+    queue_message(false, value);
+}
+
+void WsHandler::queue_message(bool text, PyObject* value) noexcept {
+    PyObject* msg = PyDict_Copy(text ? w.receive_text_template : w.receive_bytes_template);
     bool ok = msg != nullptr && value != nullptr &&
               PyDict_SetItem(msg, text ? w.text : w.bytes, value) == 0;
     Py_XDECREF(value);

@@ -5,7 +5,10 @@
 // No Python here.
 #pragma once
 
+#include "core/websocket_codec.hpp"
+
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -76,6 +79,15 @@ class WebSocketHandler {
     // A complete message: reassembled, decompressed, and valid UTF-8 when `text`. The view is
     // only valid during the call.
     virtual void on_ws_message(bool text, std::string_view data) noexcept = 0;
+    // A complete binary message that came as one uncompressed frame, its payload still masked
+    // where the read put it (WsFrame::masked; valid only during the call). A handler that
+    // copies messages into storage of its own overrides this to unmask straight into it with
+    // WsFrame::unmask_to; by default the payload is unmasked into a string for on_ws_message.
+    virtual void on_ws_binary(const WsFrame& frame) noexcept {
+        std::string data(frame.payload.size(), '\0');
+        frame.unmask_to(data.data());
+        on_ws_message(false, data);
+    }
     // The session is over (at most once, before on_ws_release): code and reason as received
     // or sent, see WsCloseCause.
     virtual void on_ws_closed(int code, std::string_view reason, WsCloseCause cause) noexcept = 0;

@@ -255,6 +255,11 @@ void unmask_copy(unsigned char* dst, const unsigned char* src, std::uint64_t len
 
 }  // namespace
 
+void ws_unmask_copy(char* dst, const char* src, std::size_t len, const unsigned char mask[4]) {
+    unmask_copy(reinterpret_cast<unsigned char*>(dst), reinterpret_cast<const unsigned char*>(src),
+                len, mask);
+}
+
 void WsDecoder::feed(std::string_view data) {
     retain();
     if (consumed_ > 0) {
@@ -327,15 +332,24 @@ WsDecoder::Status WsDecoder::parse_header(const unsigned char* p, std::size_t av
     return Status::kFrame;
 }
 
-WsDecoder::Status WsDecoder::next(WsFrame& out) {
+WsDecoder::Status WsDecoder::next(WsFrame& out, bool defer_binary_unmask) {
     std::size_t header = 0;
     std::uint64_t len = 0;
+    out.masked = false;
     if (borrowed_.data() != nullptr) {
         // The bytes stay where the read put them; the payload is unmasked into scratch_.
         auto* p = reinterpret_cast<const unsigned char*>(borrowed_.data());
         Status st = parse_header(p, borrowed_.size(), header, len, out);
         if (st != Status::kFrame) return st;
         auto n = static_cast<std::size_t>(len);
+        if (defer_binary_unmask && out.opcode == WsOpcode::kBinary && out.fin && !out.rsv1) {
+            out.masked = true;
+            std::memcpy(out.mask, p + header, 4);
+            out.payload = borrowed_.substr(header + 4, n);
+            borrowed_.remove_prefix(header + 4 + n);
+            if (borrowed_.empty()) borrowed_ = {};
+            return Status::kFrame;
+        }
         if (scratch_size_ < n) {
             scratch_.reset(new char[n]);  // NOTE(perf): not zeroed; overwritten just below
             scratch_size_ = n;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,13 +68,28 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
                                                           int server_max_window_bits = 12,
                                                           int client_max_window_bits = 12);
 
-// One decoded frame. `payload` is unmasked and lives until the decoder's next feed(),
-// feed_borrowed(), next() or trim().
+// Writes `len` bytes of `src` XOR the 4-byte `mask` (starting at mask byte 0) to `dst`, which
+// may be `src`.
+void ws_unmask_copy(char* dst, const char* src, std::size_t len, const unsigned char mask[4]);
+
+// One decoded frame. `payload` lives until the decoder's next feed(), feed_borrowed(), next()
+// or trim(). It is unmasked unless `masked` (see WsDecoder::next): then it still lies masked
+// with `mask` where the read put it.
 struct WsFrame {
     bool fin = true;
     bool rsv1 = false;
+    bool masked = false;
     WsOpcode opcode = WsOpcode::kText;
+    unsigned char mask[4] = {};
     std::string_view payload;
+    // Writes the unmasked payload (payload.size() bytes) to `dst`.
+    void unmask_to(char* dst) const {
+        if (masked) {
+            ws_unmask_copy(dst, payload.data(), payload.size(), mask);
+        } else if (!payload.empty()) {
+            std::memcpy(dst, payload.data(), payload.size());
+        }
+    }
 };
 
 // Incremental decoder for client frames: feed bytes, take frames while next() returns them.
@@ -116,7 +132,11 @@ class WsDecoder {
 
     enum class Status : std::uint8_t { kFrame, kNeedMore, kError };
     // Decodes the next complete frame. On kError, error_code() says which close code to send.
-    Status next(WsFrame& out);
+    // NOTE(perf): with `defer_binary_unmask`, a whole uncompressed binary message (one frame,
+    // FIN set, no RSV1) decoded from a borrowed read comes back `masked`: its receiver
+    // unmasks it straight into its own storage with WsFrame::unmask_to, one pass over the
+    // payload instead of an unmask into scratch and a copy out of it.
+    Status next(WsFrame& out, bool defer_binary_unmask = false);
     int error_code() const { return error_code_; }
     const char* error_reason() const { return error_reason_; }
     // With error_code() 1009: the payload length the frame announced.

@@ -641,7 +641,7 @@ void WebSocketConnection::process_frames() {
     while ((state_ == State::kOpen || state_ == State::kClosing) && !paused_) {
         // websockets' Protocol.parse: a frame may use what is left of the message limit.
         decoder_.set_max_frame_size(message_limit_left());
-        WsDecoder::Status st = decoder_.next(frame);
+        WsDecoder::Status st = decoder_.next(frame, /*defer_binary_unmask=*/true);
         if (st == WsDecoder::Status::kNeedMore) break;
         if (st == WsDecoder::Status::kError) {
             if (decoder_.error_code() == ws_close::kTooBig) {
@@ -691,6 +691,12 @@ void WebSocketConnection::handle_data_frame(const WsFrame& frame) {
         bool text = frame.opcode == WsOpcode::kText;
         // The decoder lets RSV1 through on data frames only with permessage-deflate.
         bool compressed = frame.rsv1;
+        if (frame.masked) {
+            // NOTE(perf): the common binary case: the handler unmasks it from the read buffer
+            // into its own storage. Dropped after the application's close, as in deliver().
+            if (state_ == State::kOpen && handler_ != nullptr) handler_->on_ws_binary(frame);
+            return;
+        }
         if (!compressed && frame.fin) {
             deliver(text, frame.payload);  // NOTE(perf): the common case, straight from the buffer
             return;

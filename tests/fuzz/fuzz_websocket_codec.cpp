@@ -55,11 +55,12 @@ struct DecodeResult {
     std::uint64_t too_big = 0;
 };
 
-void take_frames(WsDecoder& d, DecodeResult& out, std::uint64_t max_frame, bool allow_rsv1) {
+void take_frames(WsDecoder& d, DecodeResult& out, std::uint64_t max_frame, bool allow_rsv1,
+                 bool defer = false) {
     if (out.error_code != 0) return;
     WsFrame f;
     while (true) {
-        WsDecoder::Status s = d.next(f);
+        WsDecoder::Status s = d.next(f, defer);
         if (s == WsDecoder::Status::kNeedMore) return;
         if (s == WsDecoder::Status::kError) {
             out.error_code = d.error_code();
@@ -84,13 +85,18 @@ void take_frames(WsDecoder& d, DecodeResult& out, std::uint64_t max_frame, bool 
         out.frames += static_cast<char>('a' + op);
         out.frames += std::to_string(f.payload.size());
         out.frames += ':';
-        out.frames.append(f.payload);
+        FUZZ_CHECK(!f.masked || (defer && op == 2 && f.fin && !f.rsv1));
+        std::size_t at = out.frames.size();
+        out.frames.resize(at + f.payload.size());
+        f.unmask_to(out.frames.data() + at);
     }
 }
 
 void fuzz_decoder(const std::uint8_t* data, std::size_t size) {
     if (size < 2) return;
     const bool allow_rsv1 = (data[0] & 1) != 0;
+    // As a WebSocket connection decodes: whole binary frames left masked for the receiver.
+    const bool defer = (data[0] & 8) != 0;
     static constexpr std::uint64_t kMax[4] = {125, 1024, 65536, 16777216};
     const std::uint64_t max_frame = kMax[(data[0] >> 1) & 3];
     Splits splits(data[1]);
@@ -129,7 +135,7 @@ void fuzz_decoder(const std::uint8_t* data, std::size_t size) {
             read_buffer.assign(rest.substr(0, n));
             rest.remove_prefix(n);
             d.feed_borrowed(read_buffer);
-            take_frames(d, borrowed, max_frame, allow_rsv1);
+            take_frames(d, borrowed, max_frame, allow_rsv1, defer);
             d.retain();
             std::fill(read_buffer.begin(), read_buffer.end(), '\xAA');
         }

@@ -14,6 +14,7 @@
 #include "tests/unit/support/fake_transport.hpp"
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -70,9 +71,11 @@ struct Decoded {
 
 // Decodes everything in `parts` (fed one after the other) with feed(), or with feed_borrowed()
 // as a connection reads: each part lies in a read buffer that is scribbled over after
-// retain(), so a frame that still pointed into it would come out wrong.
+// retain(), so a frame that still pointed into it would come out wrong. With `defer`, whole
+// binary frames come back masked and are unmasked here, as a connection's handler does.
 std::vector<Decoded> decode_with(bool borrowed, const std::vector<std::string>& parts, int* error,
-                                 std::string* reason, std::uint64_t max, bool rsv1) {
+                                 std::string* reason, std::uint64_t max, bool rsv1,
+                                 bool defer = false) {
     WsDecoder d(max, rsv1);
     std::vector<Decoded> out;
     std::string read_buffer;
@@ -86,7 +89,7 @@ std::vector<Decoded> decode_with(bool borrowed, const std::vector<std::string>& 
         WsFrame f;
         bool failed = false;
         while (true) {
-            auto st = d.next(f);
+            auto st = d.next(f, defer);
             if (st == WsDecoder::Status::kNeedMore) break;
             if (st == WsDecoder::Status::kError) {
                 if (error) *error = d.error_code();
@@ -94,7 +97,13 @@ std::vector<Decoded> decode_with(bool borrowed, const std::vector<std::string>& 
                 failed = true;
                 break;
             }
-            out.push_back({f.fin, f.rsv1, static_cast<int>(f.opcode), std::string(f.payload)});
+            // Only a whole uncompressed binary frame from a borrowed read is ever left masked.
+            if (f.masked) {
+                REQUIRE((defer && borrowed && f.opcode == WsOpcode::kBinary && f.fin && !f.rsv1));
+            }
+            std::string payload(f.payload.size(), '\0');
+            f.unmask_to(payload.data());
+            out.push_back({f.fin, f.rsv1, static_cast<int>(f.opcode), payload});
         }
         if (borrowed) {
             d.retain();
@@ -118,6 +127,13 @@ std::vector<Decoded> decode(const std::vector<std::string>& parts, int* error = 
     REQUIRE(borrowed == copied);
     REQUIRE(error_borrowed == error_copied);
     REQUIRE(reason_borrowed == reason_copied);
+    int error_deferred = 0;
+    std::string reason_deferred;
+    auto deferred =
+        decode_with(true, parts, &error_deferred, &reason_deferred, max, rsv1, /*defer=*/true);
+    REQUIRE(deferred == copied);
+    REQUIRE(error_deferred == error_copied);
+    REQUIRE(reason_deferred == reason_copied);
     if (error) *error = error_copied;
     if (reason) *reason = reason_copied;
     return copied;
@@ -242,7 +258,12 @@ TEST_CASE("utf8_error: CPython's reason and position", "[websocket]") {
 // Decoder
 
 TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point", "[websocket]") {
-    const std::string big(70000, 'b');
+    const std::string big = [] {
+        std::string s(70000, 'b');
+        for (std::size_t i = 0; i < s.size(); ++i)
+            s[i] = static_cast<char>(i * 7 + i / 251);  // unmasking at a wrong offset shows
+        return s;
+    }();
     const std::string medium(300, 'm');
     const std::string stream = masked(1, "hello") + masked(2, medium) + masked(9, "ping") +
                                masked(1, "frag", false) + masked(0, "ment", false) +
@@ -265,6 +286,49 @@ TEST_CASE("WsDecoder: a stream of frames decodes the same at every split point",
     auto split = GENERATE_COPY(range<std::size_t>(0, stream.size() + 1, 7));
     CAPTURE(split);
     REQUIRE(decode({stream.substr(0, split), stream.substr(split)}) == expected);
+}
+
+TEST_CASE("WsDecoder: only a whole uncompressed binary frame from a borrowed read stays masked",
+          "[websocket]") {
+    std::string payload(1000, '\0');
+    for (std::size_t i = 0; i < payload.size(); ++i)
+        payload[i] = static_cast<char>(i * 13 + 5);
+    const std::string mask = "\x9a\x01\xff\x3c";
+    const std::string stream = masked(2, payload, true, 0, mask) + masked(1, "text") +
+                               masked(2, "frag", false) + masked(0, "ment") +
+                               masked(2, payload, true, 4, mask) + masked(9, "ping") +
+                               masked(2, "", true, 0, mask) + masked(2, payload, true, 0, mask);
+    for (bool defer : {false, true}) {
+        CAPTURE(defer);
+        WsDecoder d(1 << 20, /*allow_rsv1=*/true);
+        std::string read_buffer = stream.substr(0, stream.size() - 10);
+        d.feed_borrowed(read_buffer);
+        std::vector<std::pair<bool, std::string>> got;  // (masked, unmasked payload)
+        WsFrame f;
+        while (d.next(f, defer) == WsDecoder::Status::kFrame) {
+            if (f.masked) {
+                REQUIRE(std::memcmp(f.mask, mask.data(), 4) == 0);
+                REQUIRE(f.payload.data() >= read_buffer.data());  // not copied anywhere
+                REQUIRE(f.payload.data() < read_buffer.data() + read_buffer.size());
+            }
+            std::string p(f.payload.size(), '\0');
+            f.unmask_to(p.data());
+            got.emplace_back(f.masked, p);
+        }
+        d.retain();  // the last frame is incomplete: it is copied, and decoded unmasked
+        std::fill(read_buffer.begin(), read_buffer.end(), '\xAA');
+        d.feed(stream.substr(stream.size() - 10));
+        while (d.next(f, defer) == WsDecoder::Status::kFrame) {
+            std::string p(f.payload.size(), '\0');
+            f.unmask_to(p.data());
+            got.emplace_back(f.masked, p);
+        }
+        const std::vector<std::pair<bool, std::string>> expected = {
+            {defer, payload}, {false, "text"}, {false, "frag"}, {false, "ment"},
+            {false, payload}, {false, "ping"}, {defer, ""},     {false, payload},
+        };
+        REQUIRE(got == expected);
+    }
 }
 
 TEST_CASE("WsDecoder: trim frees a big drained buffer and keeps pending bytes", "[websocket]") {
