@@ -46,9 +46,9 @@ bool standard_create_future(PyObject* loop) {
     return standard;
 }
 
-#if PY_VERSION_HEX < 0x030C0000
-// A builtin standing in for loop.call_soon while BridgeServer::spawn_stepped makes a Task; its
-// self is a capsule holding the server (which owns the builtin).
+// A builtin standing in for loop.call_soon while BridgeServer::spawn_stepped makes a Task or
+// set_future_result_kept wakes a waiter; its self is a capsule holding the server (which owns
+// the builtin).
 PyObject* call_soon_catcher(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
                             PyObject* kwnames) {
     auto* server = static_cast<BridgeServer*>(PyCapsule_GetPointer(self, nullptr));
@@ -58,7 +58,8 @@ PyObject* call_soon_catcher(PyObject* self, PyObject* const* args, Py_ssize_t na
 
 PyMethodDef kCallSoonCatcherDef{
     "call_soon", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(call_soon_catcher)),
-    METH_FASTCALL | METH_KEYWORDS, "cppuvicorn: keeps a new Task's first step to run it at once."};
+    METH_FASTCALL | METH_KEYWORDS,
+    "cppuvicorn: keeps a new Task's first step, or a woken Task's wakeup, to run it at once."};
 
 PyObject* make_call_soon_catcher(BridgeServer* server) {
     PyObject* capsule = PyCapsule_New(server, nullptr, nullptr);
@@ -67,7 +68,6 @@ PyObject* make_call_soon_catcher(BridgeServer* server) {
     Py_DECREF(capsule);
     return fn;
 }
-#endif
 }  // namespace
 
 void ConnData::release() {
@@ -131,10 +131,8 @@ BridgeServer::BridgeServer(PyObject* loop, PyObject* app, PyObject* run_asgi, Py
                          ? make_http_scope_template(scheme_, root_path_, state_ != nullptr)
                          : nullptr;
     if (http_template_ == nullptr) throw pybind11::error_already_set();  // out of memory
-#if PY_VERSION_HEX < 0x030C0000
     call_soon_catcher_ = make_call_soon_catcher(this);
     if (call_soon_catcher_ == nullptr) throw pybind11::error_already_set();
-#endif
     if (options_.tls != nullptr) {
         server_.set_tls(options_.tls);
         const std::string& pem = options_.tls->server_cert_pem();
@@ -506,27 +504,12 @@ PyObject* BridgeServer::spawn(PyObject* coro) {
 // Task's context is kept. A loop without an instance dict turns this off; a loop whose call_soon is
 // already an instance attribute (a patch) keeps it, and its Tasks are scheduled as usual.
 PyObject* BridgeServer::spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context) {
-    PyObject* dict = PyObject_GenericGetDict(loop_, nullptr);
-    if (dict == nullptr) {
-        PyErr_Clear();
-        Py_CLEAR(call_soon_catcher_);
-        return PyObject_Vectorcall(task_type_, args, 1, kwnames);
-    }
-    PyObject* prior = PyDict_SetDefault(dict, n::call_soon, call_soon_catcher_);  // borrowed
-    if (prior != call_soon_catcher_) {
-        // The loop has a call_soon attribute of its own (someone patched it): leave it be.
-        PyErr_Clear();
-        Py_DECREF(dict);
-        return PyObject_Vectorcall(task_type_, args, 1, kwnames);
-    }
+    PyObject* dict = shadow_call_soon();
+    if (dict == nullptr) return PyObject_Vectorcall(task_type_, args, 1, kwnames);
     stepped_context_ = context;
     PyObject* task = PyObject_Vectorcall(task_type_, args, 1, kwnames);
     stepped_context_ = nullptr;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);  // Task()'s error, if any, survives the removal
-    if (PyDict_DelItem(dict, n::call_soon) != 0) PyErr_Clear();
-    PyErr_Restore(type, value, tb);
-    Py_DECREF(dict);
+    unshadow_call_soon(dict);
     PyObject* step = std::exchange(captured_step_, nullptr);
     if (step != nullptr) {
         // Also when Task() failed after scheduling: the loop would have run that step too.
@@ -535,21 +518,98 @@ PyObject* BridgeServer::spawn_stepped(PyObject* const* args, PyObject* kwnames, 
     return task;
 }
 
+PyObject* BridgeServer::shadow_call_soon() {
+    if (call_soon_catcher_ == nullptr) return nullptr;
+    PyObject* dict = PyObject_GenericGetDict(loop_, nullptr);
+    if (dict == nullptr) {
+        PyErr_Clear();
+        Py_CLEAR(call_soon_catcher_);  // a loop without an instance dict: off for good
+        return nullptr;
+    }
+    PyObject* prior = PyDict_SetDefault(dict, n::call_soon, call_soon_catcher_);  // borrowed
+    if (prior != call_soon_catcher_) {
+        // The loop has a call_soon attribute of its own (someone patched it): leave it be.
+        PyErr_Clear();
+        Py_DECREF(dict);
+        return nullptr;
+    }
+    return dict;
+}
+
+void BridgeServer::unshadow_call_soon(PyObject* dict) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);  // the shadowed call's error, if any, survives the removal
+    if (PyDict_DelItem(dict, n::call_soon) != 0) PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(dict);
+}
+
 PyObject* BridgeServer::catch_call_soon(PyObject* const* args, std::size_t nargsf,
                                         PyObject* kwnames) {
     const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (stepped_context_ != nullptr && captured_step_ == nullptr && nargs == 1 &&
-        kwnames != nullptr && PyTuple_GET_SIZE(kwnames) == 1 && args[1] == stepped_context_) {
+    const bool with_context = kwnames != nullptr && PyTuple_GET_SIZE(kwnames) == 1;
+    if (stepped_context_ != nullptr && captured_step_ == nullptr && nargs == 1 && with_context &&
+        args[1] == stepped_context_) {
         captured_step_ = Py_NewRef(args[0]);
         Py_RETURN_NONE;  // Task() drops call_soon's Handle unread
+    }
+    if (waking_future_ != nullptr && nargs == 2 && with_context && args[1] == waking_future_) {
+        // Future.set_result schedules each done callback as call_soon(cb, fut, context=ctx)
+        // and drops the Handle.
+        kept_calls_.push_back({Py_NewRef(args[0]), Py_NewRef(args[1]), Py_NewRef(args[2])});
+        Py_RETURN_NONE;
     }
     return PyObject_Vectorcall(loop_call_soon_, args, nargsf, kwnames);
 }
 
+// NOTE(perf): a Task waiting in receive() is woken by the result its future gets. Left to the
+// loop, its wakeup (a done callback, scheduled with call_soon) runs a loop turn later, through
+// one Handle; inside a read pass it is kept instead, as a new Task's first step is, and run by
+// after_reads() once the read is parsed. Only the calls that schedule this future's callbacks
+// are kept; they run in the order set_result scheduled them, each in its own context.
+bool BridgeServer::set_future_result_kept(PyObject* fut, PyObject* value, const char* where) {
+    if (!in_window_ || (running_steps_ && !waking_kept_)) {
+        return set_future_result(fut, value, where);
+    }
+    PyObject* dict = shadow_call_soon();
+    if (dict == nullptr) return set_future_result(fut, value, where);
+    waking_future_ = fut;
+    bool ok = set_future_result(fut, value, where);
+    waking_future_ = nullptr;
+    unshadow_call_soon(dict);
+    return ok;
+}
+
+void BridgeServer::run_kept_calls() {
+    // set_future_result_kept keeps no calls while these run (running_steps_): a wake made by
+    // one of them goes through the loop. The two vectors swap (no allocation per pass).
+    kept_batch_.swap(kept_calls_);
+    for (const KeptCall& k : kept_batch_) {
+        PyObject* r = nullptr;
+        if (PyContext_Enter(k.context) == 0) {
+            r = PyObject_CallOneArg(k.callback, k.arg);
+            if (PyContext_Exit(k.context) != 0) Py_CLEAR(r);
+        }
+        if (r == nullptr) report_python_error("waking an ASGI task");
+        Py_XDECREF(r);
+        Py_DECREF(k.callback);
+        Py_DECREF(k.arg);
+        Py_DECREF(k.context);
+    }
+    kept_batch_.clear();
+}
+
 bool BridgeServer::after_reads() noexcept {
-    if (running_steps_ || (wakes_.empty() && first_steps_.empty())) return false;
+    if (running_steps_ || (wakes_.empty() && first_steps_.empty() && kept_calls_.empty())) {
+        return false;
+    }
     running_steps_ = true;
-    wake_kept_receivers();  // first: they waited longest
+    // First the receive() calls kept by wake_later: they waited longest. Their Tasks' wakeups
+    // are kept too, and run with the others kept in this pass.
+    waking_kept_ = true;
+    wake_kept_receivers();
+    waking_kept_ = false;
+    run_kept_calls();
     // A step may start another Task (a pipelined request let in by a response): its step joins
     // the list and runs in this same pass, in order.
     for (std::size_t i = 0; i < first_steps_.size(); ++i) {
@@ -591,6 +651,15 @@ void BridgeServer::wake_kept_receivers() {
 }
 
 void BridgeServer::after_reads_elsewhere() {
+    for (const KeptCall& k : std::exchange(kept_calls_, {})) {
+        PyObject* args[] = {k.callback, k.arg, k.context};
+        PyObject* r = PyObject_Vectorcall(loop_call_soon_, args, 2, kw_context_);
+        if (r == nullptr) report_python_error("scheduling an ASGI task");
+        Py_XDECREF(r);
+        Py_DECREF(k.callback);
+        Py_DECREF(k.arg);
+        Py_DECREF(k.context);
+    }
     wake_kept_receivers();
     for (const FirstStep& s : std::exchange(first_steps_, {})) {
         PyObject* r = call_soon(s.step, s.context);

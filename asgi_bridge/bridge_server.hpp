@@ -84,6 +84,9 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     int future_pending(PyObject* fut, const char* where);
     // fut.set_result(value); false on an error (reported).
     bool set_future_result(PyObject* fut, PyObject* value, const char* where);
+    // The same; inside a read pass, the callbacks it schedules (the waiting Task's wakeup) are
+    // kept and run by after_reads() instead of a loop turn later.
+    bool set_future_result_kept(PyObject* fut, PyObject* value, const char* where);
     void log_access(PyObject* scope, core::HttpConnection& conn, int status);
     // With access_log_timed: one line at the end of a response (see BridgeOptions).
     bool access_log_timed() const { return access_log_ != nullptr && options_.access_log_timed; }
@@ -151,7 +154,12 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // spawn_stepped), run by after_reads(). New reference to the Task, or nullptr.
     PyObject* spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context);
     void run_step(PyObject* step, PyObject* context);
-    void wake_kept_receivers();    // answers the receive() calls wake_later kept
+    void wake_kept_receivers();  // answers the receive() calls wake_later kept
+    void run_kept_calls();       // runs the callbacks set_future_result_kept kept
+    // Sets the loop instance's call_soon to the catcher: the loop's instance dict (a new
+    // reference, for unshadow_call_soon), or nullptr (and no error) when that is not possible.
+    PyObject* shadow_call_soon();
+    void unshadow_call_soon(PyObject* dict);
     void after_reads_elsewhere();  // on close: wakes now, and hands the steps to the loop
 
   public:
@@ -162,6 +170,14 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* call_soon_catcher_ = nullptr;  // a builtin calling catch_call_soon; null: off
     PyObject* stepped_context_ = nullptr;    // the context of the Task being made (borrowed)
     PyObject* captured_step_ = nullptr;      // its first step, kept by catch_call_soon
+    PyObject* waking_future_ = nullptr;      // the future set_future_result_kept sets (borrowed)
+    struct KeptCall {
+        PyObject* callback;
+        PyObject* arg;
+        PyObject* context;
+    };
+    std::vector<KeptCall> kept_calls_;  // its done callbacks, kept by catch_call_soon
+    std::vector<KeptCall> kept_batch_;  // the ones run_kept_calls runs
     struct FirstStep {
         PyObject* step;
         PyObject* context;
@@ -169,6 +185,7 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     std::vector<FirstStep> first_steps_;  // kept back, in the order the Tasks were made
     std::vector<HttpCycle*> wakes_;       // see wake_later (each holds a reference)
     bool running_steps_ = false;
+    bool waking_kept_ = false;  // after_reads() is in wake_kept_receivers()
     // True inside the loop's callbacks into this server (run, tick, accept, release): no Task
     // is current there, and after_reads() runs before they return.
     bool in_window_ = false;

@@ -476,7 +476,7 @@ void CycleHandler::wake_receiver() {
     // A cancelled receive() takes nothing: the message waits for the next call.
     if (server_.future_pending(fut, "receive()") == 1) {
         if (PyObject* msg = next_message()) {
-            server_.set_future_result(fut, msg, "receive()");
+            server_.set_future_result_kept(fut, msg, "receive()");
             Py_DECREF(msg);
         } else {
             server_.report_python_error("receive()");

@@ -562,7 +562,7 @@ void WsHandler::wake_receiver() {
     // A cancelled receive() takes nothing: the message waits in the queue for the next call.
     if (server_.future_pending(fut, "receive()") == 1) {
         PyObject* msg = queue_.pop();
-        server_.set_future_result(fut, msg, "receive()");
+        server_.set_future_result_kept(fut, msg, "receive()");
         Py_DECREF(msg);
     }
     Py_DECREF(fut);

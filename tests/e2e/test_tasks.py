@@ -7,6 +7,7 @@ from both servers, request after request on one keep-alive connection and on fre
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -140,3 +141,31 @@ def test_body_sent_with_its_head_is_one_message(servers):
         return out
 
     assert servers.compare(run) == [[[10, False]], [[1000, False]]]
+
+
+def test_waiting_receive_is_woken_without_a_loop_round_trip(servers):
+    """A Task suspended in receive() is resumed by cppuvicorn once the read that brings its
+    message is parsed, not through loop.call_soon as under Uvicorn (where the future's done
+    callback wakes it a loop turn later): for WebSocket messages, and for request body that
+    arrives after the head."""
+    from websockets.sync.client import connect as ws_connect
+
+    def run(s):
+        srv = s.spawn("task_apps:wakeups", "--loop", "task_apps:step_loop")
+        with ws_connect(f"ws://{srv.host}:{srv.port}/", open_timeout=10) as ws:
+            for text in ("one", "two", "done"):
+                assert ws.recv(timeout=10) == "ready"
+                ws.send(text)
+            ws_flags = json.loads(ws.recv(timeout=10))
+        with connect(srv) as conn:
+            conn.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nabc")
+            time.sleep(0.3)  # the Task waits in its second receive() by now
+            conn.send(b"def")
+            r = conn.read_response("POST")
+            assert r.status == 200, r
+            http_flags = r.json()
+        return ws_flags, http_flags
+
+    for kind in filter(None, (servers, servers.oracle)):
+        woken_by_loop = kind.is_oracle
+        assert run(kind) == ([woken_by_loop] * 3, [False, woken_by_loop]), kind.kind

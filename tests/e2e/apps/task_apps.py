@@ -186,3 +186,40 @@ async def receive_log(scope, receive, send):
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def wakeups(scope, receive, send):
+    """Reports, for each receive(), whether its Task's wakeup went through loop.call_soon
+    (under ``--loop task_apps:step_loop``).
+
+    WebSocket: the app sends "ready" before each receive(), and the client sends a message only
+    then, so every receive() suspends; when the client sends "done", the app answers with the
+    JSON list of flags. HTTP: the flags of the receive() calls of a POST, as the JSON body."""
+    me = asyncio.current_task()
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        flags = []
+        while True:
+            StepLoop.scheduled.discard(me)
+            await send({"type": "websocket.send", "text": "ready"})
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            flags.append(me in StepLoop.scheduled)
+            if message.get("text") == "done":
+                await send({"type": "websocket.send", "text": json.dumps(flags)})
+                await receive()  # the client's close
+                return
+    elif scope["type"] == "http":
+        flags, more = [], True
+        while more:
+            StepLoop.scheduled.discard(me)
+            message = await receive()
+            more = message.get("more_body", False)
+            flags.append(me in StepLoop.scheduled)
+        body = json.dumps(flags).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
