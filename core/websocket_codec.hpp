@@ -72,9 +72,9 @@ std::optional<DeflateParams> negotiate_permessage_deflate(std::string_view offer
 // may be `src`.
 void ws_unmask_copy(char* dst, const char* src, std::size_t len, const unsigned char mask[4]);
 
-// One decoded frame. `payload` lives until the decoder's next feed(), feed_borrowed(), next()
-// or trim(). It is unmasked unless `masked` (see WsDecoder::next): then it still lies masked
-// with `mask` where the read put it.
+// One decoded frame. `payload` is unmasked and lives until the decoder's next feed(),
+// feed_borrowed(), next() or trim(); or, when `masked` (see WsDecoder::next), it still lies
+// masked with `mask` in the borrowed read, and lives as long as that buffer.
 struct WsFrame {
     bool fin = true;
     bool rsv1 = false;
