@@ -513,7 +513,7 @@ PyObject* BridgeServer::spawn_stepped(PyObject* const* args, PyObject* kwnames, 
     PyObject* step = std::exchange(captured_step_, nullptr);
     if (step != nullptr) {
         // Also when Task() failed after scheduling: the loop would have run that step too.
-        first_steps_.push_back({step, Py_NewRef(context)});
+        first_steps_.push_back({step, nullptr, Py_NewRef(context)});
     }
     return task;
 }
@@ -584,18 +584,8 @@ void BridgeServer::run_kept_calls() {
     // set_future_result_kept keeps no calls while these run (running_steps_): a wake made by
     // one of them goes through the loop. The two vectors swap (no allocation per pass).
     kept_batch_.swap(kept_calls_);
-    for (const KeptCall& k : kept_batch_) {
-        PyObject* r = nullptr;
-        if (PyContext_Enter(k.context) == 0) {
-            r = PyObject_CallOneArg(k.callback, k.arg);
-            if (PyContext_Exit(k.context) != 0) Py_CLEAR(r);
-        }
-        if (r == nullptr) report_python_error("waking an ASGI task");
-        Py_XDECREF(r);
-        Py_DECREF(k.callback);
-        Py_DECREF(k.arg);
-        Py_DECREF(k.context);
-    }
+    for (const KeptCall& k : kept_batch_)
+        run_kept(k);
     kept_batch_.clear();
 }
 
@@ -612,10 +602,8 @@ bool BridgeServer::after_reads() noexcept {
     run_kept_calls();
     // A step may start another Task (a pipelined request let in by a response): its step joins
     // the list and runs in this same pass, in order.
-    for (std::size_t i = 0; i < first_steps_.size(); ++i) {
-        FirstStep s = first_steps_[i];
-        run_step(s.step, s.context);
-    }
+    for (std::size_t i = 0; i < first_steps_.size(); ++i)
+        run_kept(first_steps_[i]);  // a copy: the step may grow the list
     first_steps_.clear();
     running_steps_ = false;
     return true;
@@ -628,18 +616,34 @@ bool BridgeServer::wake_later(HttpCycle* c) {
     return true;
 }
 
-void BridgeServer::run_step(PyObject* step, PyObject* context) {
-    // As the loop's Handle runs it: in the Task's context; a step lets only KeyboardInterrupt
-    // and SystemExit out (stashed, raised when this loop callback returns).
+void BridgeServer::run_kept(KeptCall k) {
+    // As the loop's Handle runs it: in its context; a Task's step or wakeup lets only
+    // KeyboardInterrupt and SystemExit out (stashed, raised when this loop callback returns).
     PyObject* r = nullptr;
-    if (PyContext_Enter(context) == 0) {
-        r = PyObject_CallNoArgs(step);
-        if (PyContext_Exit(context) != 0) Py_CLEAR(r);
+    if (PyContext_Enter(k.context) == 0) {
+        r = k.arg != nullptr ? PyObject_CallOneArg(k.callback, k.arg)
+                             : PyObject_CallNoArgs(k.callback);
+        if (PyContext_Exit(k.context) != 0) Py_CLEAR(r);
     }
     if (r == nullptr) report_python_error("running an ASGI task");
     Py_XDECREF(r);
-    Py_DECREF(step);
-    Py_DECREF(context);
+    release_kept(k);
+}
+
+void BridgeServer::schedule_kept(KeptCall k) {
+    // loop.call_soon(callback[, arg], context=context): what the kept call_soon would have done
+    // (without an arg, the context moves up to follow the callback).
+    PyObject* args[] = {k.callback, k.arg != nullptr ? k.arg : k.context, k.context};
+    PyObject* r = PyObject_Vectorcall(loop_call_soon_, args, k.arg != nullptr ? 2 : 1, kw_context_);
+    if (r == nullptr) report_python_error("scheduling an ASGI task");
+    Py_XDECREF(r);
+    release_kept(k);
+}
+
+void BridgeServer::release_kept(const KeptCall& k) {
+    Py_DECREF(k.callback);
+    Py_XDECREF(k.arg);
+    Py_DECREF(k.context);
 }
 
 void BridgeServer::wake_kept_receivers() {
@@ -651,23 +655,15 @@ void BridgeServer::wake_kept_receivers() {
 }
 
 void BridgeServer::after_reads_elsewhere() {
-    for (const KeptCall& k : std::exchange(kept_calls_, {})) {
-        PyObject* args[] = {k.callback, k.arg, k.context};
-        PyObject* r = PyObject_Vectorcall(loop_call_soon_, args, 2, kw_context_);
-        if (r == nullptr) report_python_error("scheduling an ASGI task");
-        Py_XDECREF(r);
-        Py_DECREF(k.callback);
-        Py_DECREF(k.arg);
-        Py_DECREF(k.context);
-    }
+    // Everything goes to the loop, in the order after_reads() would have run it; the wakes made
+    // here are not kept (running_steps_).
+    const bool was_running = std::exchange(running_steps_, true);
+    for (const KeptCall& k : std::exchange(kept_calls_, {}))
+        schedule_kept(k);
     wake_kept_receivers();
-    for (const FirstStep& s : std::exchange(first_steps_, {})) {
-        PyObject* r = call_soon(s.step, s.context);
-        if (r == nullptr) report_python_error("scheduling an ASGI task");
-        Py_XDECREF(r);
-        Py_DECREF(s.step);
-        Py_DECREF(s.context);
-    }
+    for (const KeptCall& s : std::exchange(first_steps_, {}))
+        schedule_kept(s);
+    running_steps_ = was_running;
 }
 
 core::RequestHandler* BridgeServer::on_request(core::HttpConnection& conn,

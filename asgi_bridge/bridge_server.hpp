@@ -153,7 +153,6 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     // Inside the loop's callbacks (the window): Task() with its first step kept back (see
     // spawn_stepped), run by after_reads(). New reference to the Task, or nullptr.
     PyObject* spawn_stepped(PyObject* const* args, PyObject* kwnames, PyObject* context);
-    void run_step(PyObject* step, PyObject* context);
     void wake_kept_receivers();  // answers the receive() calls wake_later kept
     void run_kept_calls();       // runs the callbacks set_future_result_kept kept
     // Sets the loop instance's call_soon to the catcher: the loop's instance dict (a new
@@ -171,19 +170,19 @@ class BridgeServer final : public core::ConnectionEvents, public core::LoopHooks
     PyObject* stepped_context_ = nullptr;    // the context of the Task being made (borrowed)
     PyObject* captured_step_ = nullptr;      // its first step, kept by catch_call_soon
     PyObject* waking_future_ = nullptr;      // the future set_future_result_kept sets (borrowed)
+    // A call_soon(callback[, arg], context=context) kept from the loop (owned references).
     struct KeptCall {
         PyObject* callback;
-        PyObject* arg;
+        PyObject* arg;  // nullptr: none
         PyObject* context;
     };
-    std::vector<KeptCall> kept_calls_;  // its done callbacks, kept by catch_call_soon
-    std::vector<KeptCall> kept_batch_;  // the ones run_kept_calls runs
-    struct FirstStep {
-        PyObject* step;
-        PyObject* context;
-    };
-    std::vector<FirstStep> first_steps_;  // kept back, in the order the Tasks were made
-    std::vector<HttpCycle*> wakes_;       // see wake_later (each holds a reference)
+    void run_kept(KeptCall k);       // runs it in its context, then releases it
+    void schedule_kept(KeptCall k);  // hands it to the loop's call_soon, then releases it
+    void release_kept(const KeptCall& k);
+    std::vector<KeptCall> kept_calls_;   // the done callbacks of waking_future_
+    std::vector<KeptCall> kept_batch_;   // the ones run_kept_calls runs
+    std::vector<KeptCall> first_steps_;  // Tasks' first steps, in the order the Tasks were made
+    std::vector<HttpCycle*> wakes_;      // see wake_later (each holds a reference)
     bool running_steps_ = false;
     bool waking_kept_ = false;  // after_reads() is in wake_kept_receivers()
     // True inside the loop's callbacks into this server (run, tick, accept, release): no Task

@@ -346,17 +346,15 @@ WsDecoder::Status WsDecoder::next(WsFrame& out, bool defer_binary_unmask) {
             out.masked = true;
             std::memcpy(out.mask, p + header, 4);
             out.payload = borrowed_.substr(header + 4, n);
-            borrowed_.remove_prefix(header + 4 + n);
-            if (borrowed_.empty()) borrowed_ = {};
-            return Status::kFrame;
+        } else {
+            if (scratch_size_ < n) {
+                scratch_.reset(new char[n]);  // NOTE(perf): not zeroed; overwritten just below
+                scratch_size_ = n;
+            }
+            auto* payload = reinterpret_cast<unsigned char*>(scratch_.get());
+            unmask_copy(payload, p + header + 4, len, p + header);
+            out.payload = {scratch_.get(), n};
         }
-        if (scratch_size_ < n) {
-            scratch_.reset(new char[n]);  // NOTE(perf): not zeroed; overwritten just below
-            scratch_size_ = n;
-        }
-        auto* payload = reinterpret_cast<unsigned char*>(scratch_.get());
-        unmask_copy(payload, p + header + 4, len, p + header);
-        out.payload = {scratch_.get(), n};
         borrowed_.remove_prefix(header + 4 + n);
         if (borrowed_.empty()) borrowed_ = {};
         return Status::kFrame;
