@@ -271,8 +271,13 @@ void WsDecoder::feed(std::string_view data) {
 }
 
 void WsDecoder::feed_borrowed(std::string_view data) {
-    if (buffered() > 0 || data.empty()) {
+    if (data.empty()) {
         feed(data);
+        return;
+    }
+    if (buffered() > 0) {
+        retain();
+        tail_ = data;  // next() tops up the pending frame from it, then decodes the rest here
         return;
     }
     buf_.clear();
@@ -281,14 +286,44 @@ void WsDecoder::feed_borrowed(std::string_view data) {
 }
 
 void WsDecoder::retain() {
-    if (borrowed_.data() == nullptr) return;
-    std::string_view rest = borrowed_;
+    std::string_view rest = borrowed_.data() != nullptr ? borrowed_ : tail_;
+    if (rest.data() == nullptr) return;
     borrowed_ = {};
+    tail_ = {};
     if (consumed_ > 0) {
         buf_.erase(0, consumed_);
         consumed_ = 0;
     }
     buf_.append(rest);
+}
+
+void WsDecoder::top_up() {
+    constexpr std::size_t kMaxHeader = 14;  // 2 + 8 (64-bit length) + 4 (mask)
+    while (!tail_.empty()) {
+        std::size_t have = buf_.size() - consumed_;
+        auto* p = reinterpret_cast<const unsigned char*>(buf_.data() + consumed_);
+        std::uint64_t total = 0;  // header and payload, once the header says
+        if (have >= 2) {
+            std::size_t header = 2 + ((p[1] & 0x80) != 0 ? 4 : 0);
+            std::uint64_t len = p[1] & 0x7F;
+            if (len == 126) {
+                header += 2;
+                if (have >= 4) len = (std::uint64_t{p[2]} << 8) | p[3];
+            } else if (len == 127) {
+                header += 8;
+                len = 0;
+                for (std::size_t i = 2; i < 10 && i < have; ++i)
+                    len = (len << 8) | p[i];
+            }
+            if (have >= header) total = header + std::min(len, std::uint64_t{1} << 62);
+        }
+        if (total != 0 && total <= have) return;  // complete: parse_header judges it
+        // The header's worth first while it is incomplete, then the rest of the frame.
+        std::uint64_t want = total == 0 ? kMaxHeader - std::min(have, kMaxHeader) : total - have;
+        auto take = static_cast<std::size_t>(std::min<std::uint64_t>(want, tail_.size()));
+        buf_.append(tail_.substr(0, take));
+        tail_.remove_prefix(take);
+    }
 }
 
 WsDecoder::Status WsDecoder::parse_header(const unsigned char* p, std::size_t avail,
@@ -363,6 +398,13 @@ WsDecoder::Status WsDecoder::next(WsFrame& out, bool defer_binary_unmask) {
         buf_.clear();
         consumed_ = 0;
     }
+    if (buf_.empty() && !tail_.empty()) {
+        // The frame the earlier read left is done: the rest of this read is decoded in place.
+        borrowed_ = tail_;
+        tail_ = {};
+        return next(out, defer_binary_unmask);
+    }
+    top_up();
     auto* p = reinterpret_cast<unsigned char*>(buf_.data() + consumed_);
     Status st = parse_header(p, buf_.size() - consumed_, header, len, out);
     if (st != Status::kFrame) return st;

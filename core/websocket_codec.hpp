@@ -104,9 +104,11 @@ class WsDecoder {
 
     // Appends a copy of `data`.
     void feed(std::string_view data);
-    // NOTE(perf): the read path. With nothing buffered, frames are decoded where `data` lies
-    // (no copy of the read; a payload is unmasked straight into the decoder's scratch), else
-    // this is feed(). The caller calls retain() before `data` dies: it copies what is left.
+    // NOTE(perf): the read path. Frames are decoded where `data` lies (no copy of the read; a
+    // payload is unmasked straight into the decoder's scratch). When an earlier read left a
+    // frame incomplete, only the bytes that complete it are copied after it; the frames
+    // behind it are again decoded in place. The caller calls retain() before `data` dies: it
+    // copies what is left.
     void feed_borrowed(std::string_view data);
     void retain();
     // Limit for the next frame's payload (the message limit minus what the message holds).
@@ -114,7 +116,8 @@ class WsDecoder {
     void set_allow_rsv1(bool allow) { allow_rsv1_ = allow; }
     // Bytes received but not returned as frames yet.
     std::size_t buffered() const {
-        return borrowed_.data() != nullptr ? borrowed_.size() : buf_.size() - consumed_;
+        return borrowed_.data() != nullptr ? borrowed_.size()
+                                           : buf_.size() - consumed_ + tail_.size();
     }
     // With nothing buffered, frees the buffers if they grew beyond `keep` bytes (the last
     // frame's payload view dies).
@@ -153,10 +156,16 @@ class WsDecoder {
     // length, or kNeedMore / kError. Sets `out`'s flags and opcode.
     Status parse_header(const unsigned char* p, std::size_t avail, std::size_t& header,
                         std::uint64_t& len, WsFrame& out);
+    // Moves from tail_ into buf_ what the first frame in buf_ still lacks (as far as tail_
+    // goes): no more, so that the frames after it stay in the read.
+    void top_up();
 
     std::string buf_;
-    std::size_t consumed_ = 0;         // bytes of buf_ already returned
-    std::string_view borrowed_;        // feed_borrowed's bytes not returned yet (null: none)
+    std::size_t consumed_ = 0;   // bytes of buf_ already returned
+    std::string_view borrowed_;  // feed_borrowed's bytes not returned yet (null: none)
+    // feed_borrowed's bytes while buf_ holds a frame an earlier read left incomplete: they
+    // follow buf_, and become borrowed_ once buf_ is drained.
+    std::string_view tail_;
     std::unique_ptr<char[]> scratch_;  // unmasked payload of a frame decoded from borrowed_
     std::size_t scratch_size_ = 0;
     std::uint64_t max_frame_size_;

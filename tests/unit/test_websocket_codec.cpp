@@ -383,6 +383,60 @@ TEST_CASE("WsDecoder: borrowed reads are retained only when a frame is left inco
     REQUIRE(d.buffered() == 0);
 }
 
+TEST_CASE("WsDecoder: a read that completes a pending frame is copied only as far as that frame",
+          "[websocket]") {
+    // A streaming client's reads end inside frames. The read after one must not be copied
+    // whole behind the pending bytes: only what completes that frame is, and the frames after
+    // it are decoded where the read put them (a binary one comes back still masked).
+    auto bytes = [](std::size_t n, int seed) {
+        std::string b(n, '\0');
+        for (std::size_t i = 0; i < n; ++i)
+            b[i] = static_cast<char>(i * 7 + seed);
+        return b;
+    };
+    const std::string a = bytes(3000, 1);
+    const std::string b = bytes(70000, 2);  // a 64-bit length: a 14-byte header
+    const std::string c = bytes(1000, 3);
+    const std::string stream = masked(2, a) + masked(2, b) + masked(1, "text") + masked(2, c) +
+                               masked(9, "ping") + masked(2, a);
+    const std::size_t b_at = masked(2, a).size();
+    const std::size_t c_at = b_at + masked(2, b).size() + masked(1, "text").size();
+    // The reads end inside a's payload, inside b's header, inside c's payload.
+    for (std::size_t end1 : {std::size_t{1500}, b_at + 5}) {
+        CAPTURE(end1);
+        const std::vector<std::size_t> cuts = {end1, c_at + 300, stream.size() - 5, stream.size()};
+        WsDecoder d(1 << 20, false);
+        std::vector<std::pair<bool, std::string>> got;  // (decoded in place, payload)
+        std::size_t from = 0;
+        for (std::size_t cut : cuts) {
+            std::string read_buffer = stream.substr(from, cut - from);
+            from = cut;
+            std::size_t before = d.buffered();
+            d.feed_borrowed(read_buffer);
+            REQUIRE(d.buffered() == before + read_buffer.size());
+            WsFrame f;
+            while (d.next(f, true) == WsDecoder::Status::kFrame) {
+                bool in_place = f.payload.data() >= read_buffer.data() &&
+                                f.payload.data() < read_buffer.data() + read_buffer.size();
+                REQUIRE(in_place == f.masked);  // only binary frames are left masked
+                std::string p(f.payload.size(), '\0');
+                f.unmask_to(p.data());
+                got.emplace_back(in_place || f.opcode != WsOpcode::kBinary, p);
+            }
+            d.retain();
+            std::fill(read_buffer.begin(), read_buffer.end(), '\xAA');
+        }
+        REQUIRE(d.buffered() == 0);
+        // A frame cut by a read is completed behind its first bytes (copied): a or b by the
+        // first cut, c by the second, the last frame by the third. Every other binary frame is
+        // decoded in place; "text" and "ping" are unmasked into scratch wherever they lie.
+        const bool a_cut = end1 < b_at;
+        const std::vector<std::pair<bool, std::string>> expected = {
+            {!a_cut, a}, {a_cut, b}, {true, "text"}, {false, c}, {true, "ping"}, {false, a}};
+        REQUIRE(got == expected);
+    }
+}
+
 TEST_CASE("WsDecoder: every split point of a small stream, and byte by byte", "[websocket]") {
     const std::string stream =
         masked(1, "abc") + masked(2, std::string(200, 'x')) + masked(10, "") + masked(8, "");
