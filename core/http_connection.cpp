@@ -205,6 +205,13 @@ void HttpConnection::on_deadline() {
     if (handler_ == nullptr) {
         bool head_started = (parser_ && parser_->in_head()) || head_deadline_ms_ != 0;
         if (!head_started) {
+            if (transport_.buffered() > 0) {
+                // The last response is still going out to a slow reader: not idle yet. Closing
+                // now would cut it short (Uvicorn's keep-alive close lets the transport drain
+                // first); look again one keep-alive period later.
+                deadline_ms_ = transport_.now_ms() + to_ms(ctx_.config.timeout_keep_alive);
+                return;
+            }
             // Idle (before the first request or between requests): a silent close, as Uvicorn's
             // keep-alive timeout.
             transport_.close(true);

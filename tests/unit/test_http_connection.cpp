@@ -292,6 +292,7 @@ TEST_CASE("HttpConnection: the idle deadline runs only while no request is activ
         rig.wire.clock_ms = t0 + 1234;
         rig.app.respond(Response::text("x"));
         REQUIRE(rig.conn.deadline_ms() == t0 + 1234 + 5000);
+        rig.wire.end_of_turn();  // the response is out (the sweep never runs before that)
         rig.conn.on_deadline();
         CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
         rig.wire.end_of_turn();
@@ -360,6 +361,7 @@ TEST_CASE("HttpConnection: trim() releases an idle connection's state and nothin
     SECTION("a trimmed connection still times out silently when idle too long") {
         rig.config.timeout_keep_alive = 5.0;
         rig.wire.deliver(kGet1);
+        rig.wire.end_of_turn();  // the response is out (the sweep never runs before that)
         rig.conn.trim();
         rig.wire.clock_ms += 5000;
         rig.conn.on_deadline();
@@ -665,6 +667,29 @@ TEST_CASE("HttpConnection: an idle connection is closed silently at the keep-ali
     CHECK(rig.wire.written().empty());
     rig.wire.end_of_turn();
     REQUIRE(rig.app.events == Events{"closed"});  // no timeout report for plain idleness
+}
+
+TEST_CASE("HttpConnection: the keep-alive deadline does not cut a response still going out",
+          "[http_connection][timeout]") {
+    // A slow reader: the app is done, but its response still sits in the socket's queue when
+    // the keep-alive period ends. It must all arrive; the idle close comes once it has.
+    TimeoutRig rig;
+    rig.app.respond_at(Moment::kOnBodyComplete, Response::text("hello"));
+    rig.wire.stalled = true;
+    rig.wire.deliver("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.written().empty());
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 5000);
+    rig.at(5000);
+    rig.conn.on_deadline();
+    CHECK_FALSE(rig.wire.closed());
+    REQUIRE(rig.conn.deadline_ms() == rig.t0 + 10000);
+    rig.wire.drain();
+    REQUIRE(rig.wire.written() == ok("hello"));
+    rig.at(10000);
+    rig.conn.on_deadline();
+    CHECK(rig.wire.close_kind() == FakeTransport::Close::kNow);
+    REQUIRE(rig.wire.written() == ok("hello"));
 }
 
 TEST_CASE("HttpConnection: a trickled request head is cut off by the head timeout with 408",
