@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace cppuvicorn::core {
@@ -302,20 +303,11 @@ void WsDecoder::top_up() {
     while (!tail_.empty()) {
         std::size_t have = buf_.size() - consumed_;
         auto* p = reinterpret_cast<const unsigned char*>(buf_.data() + consumed_);
-        std::uint64_t total = 0;  // header and payload, once the header says
-        if (have >= 2) {
-            std::size_t header = 2 + ((p[1] & 0x80) != 0 ? 4 : 0);
-            std::uint64_t len = p[1] & 0x7F;
-            if (len == 126) {
-                header += 2;
-                if (have >= 4) len = (std::uint64_t{p[2]} << 8) | p[3];
-            } else if (len == 127) {
-                header += 8;
-                len = 0;
-                for (std::size_t i = 2; i < 10 && i < have; ++i)
-                    len = (len << 8) | p[i];
-            }
-            if (have >= header) total = header + std::min(len, std::uint64_t{1} << 62);
+        std::size_t header = 0;
+        std::uint64_t len = 0;
+        std::uint64_t total = 0;  // header, mask and payload, once the header says
+        if (read_length(p, have, header, len) && have >= header + 4) {
+            total = header + 4 + std::min(len, std::uint64_t{1} << 62);
         }
         if (total != 0 && total <= have) return;  // complete: parse_header judges it
         // The header's worth first while it is incomplete, then the rest of the frame.
@@ -324,6 +316,25 @@ void WsDecoder::top_up() {
         buf_.append(tail_.substr(0, take));
         tail_.remove_prefix(take);
     }
+}
+
+bool WsDecoder::read_length(const unsigned char* p, std::size_t avail, std::size_t& header,
+                            std::uint64_t& len) {
+    if (avail < 2) return false;
+    len = p[1] & 0x7F;
+    header = 2;
+    if (len == 126) {
+        if (avail < 4) return false;
+        len = (std::uint64_t{p[2]} << 8) | p[3];
+        header = 4;
+    } else if (len == 127) {
+        if (avail < 10) return false;
+        len = 0;
+        for (int i = 2; i < 10; ++i)
+            len = (len << 8) | p[i];
+        header = 10;
+    }
+    return true;
 }
 
 WsDecoder::Status WsDecoder::parse_header(const unsigned char* p, std::size_t avail,
@@ -338,19 +349,7 @@ WsDecoder::Status WsDecoder::parse_header(const unsigned char* p, std::size_t av
         return fail(ws_close::kProtocolError, "invalid opcode");
     }
     if ((p[1] & 0x80) == 0) return fail(ws_close::kProtocolError, "incorrect masking");
-    len = p[1] & 0x7F;
-    header = 2;
-    if (len == 126) {
-        if (avail < 4) return Status::kNeedMore;
-        len = (std::uint64_t{p[2]} << 8) | p[3];
-        header = 4;
-    } else if (len == 127) {
-        if (avail < 10) return Status::kNeedMore;
-        len = 0;
-        for (int i = 2; i < 10; ++i)
-            len = (len << 8) | p[i];
-        header = 10;
-    }
+    if (!read_length(p, avail, header, len)) return Status::kNeedMore;
     if (len > max_frame_size_) {
         too_big_length_ = len;
         return fail(ws_close::kTooBig, "frame exceeds limit");
@@ -371,6 +370,12 @@ WsDecoder::Status WsDecoder::next(WsFrame& out, bool defer_binary_unmask) {
     std::size_t header = 0;
     std::uint64_t len = 0;
     out.masked = false;
+    if (!tail_.empty() && consumed_ == buf_.size()) {
+        // The frame the earlier read left is done: the rest of this read is decoded in place.
+        buf_.clear();
+        consumed_ = 0;
+        borrowed_ = std::exchange(tail_, {});
+    }
     if (borrowed_.data() != nullptr) {
         // The bytes stay where the read put them; the payload is unmasked into scratch_.
         auto* p = reinterpret_cast<const unsigned char*>(borrowed_.data());
@@ -397,12 +402,6 @@ WsDecoder::Status WsDecoder::next(WsFrame& out, bool defer_binary_unmask) {
     if (consumed_ > 0 && consumed_ == buf_.size()) {
         buf_.clear();
         consumed_ = 0;
-    }
-    if (buf_.empty() && !tail_.empty()) {
-        // The frame the earlier read left is done: the rest of this read is decoded in place.
-        borrowed_ = tail_;
-        tail_ = {};
-        return next(out, defer_binary_unmask);
     }
     top_up();
     auto* p = reinterpret_cast<unsigned char*>(buf_.data() + consumed_);

@@ -156,6 +156,10 @@ class WsDecoder {
     // length, or kNeedMore / kError. Sets `out`'s flags and opcode.
     Status parse_header(const unsigned char* p, std::size_t avail, std::size_t& header,
                         std::uint64_t& len, WsFrame& out);
+    // The payload length at the start of `p` (`avail` bytes) and the header's length up to
+    // the mask; false until the bytes that say it are there. No checks.
+    static bool read_length(const unsigned char* p, std::size_t avail, std::size_t& header,
+                            std::uint64_t& len);
     // Moves from tail_ into buf_ what the first frame in buf_ still lacks (as far as tail_
     // goes): no more, so that the frames after it stay in the read.
     void top_up();
