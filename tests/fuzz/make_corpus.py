@@ -124,6 +124,74 @@ ws("negotiate-many", b"\x02\x24"
      b"client_no_context_takeover; server_no_context_takeover, permessage-deflate")
 
 
+# ---- fuzz_websocket_connection: flags, op count, ops, frame descriptions ---------------------
+DEFLATE, NO_TAKEOVER, UNMASK_SELF, ACCEPT_LATER = 0x01, 0x02, 0x04, 0x08
+WS_SMALL, RAW, FAST_PING, PAUSE_EACH = 0x10, 0x20, 0x40, 0x80
+(W_DELIVER, W_TURN, W_DRAIN, W_SEND, W_APP, W_DEADLINE, W_MISC, W_SEND_TURN) = range(8)
+FIN_CLEAR, RSV1, UNMASKED, COMPRESS = 0x10, 0x20, 0x40, 0x80
+
+
+def frame(first: int, payload: bytes = b"") -> bytes:
+    """A frame description: opcode and flags, length, payload (the harness masks it)."""
+    return bytes([first, len(payload)]) + payload
+
+
+def big_frame(first: int, length: int, pattern: bytes) -> bytes:
+    assert length % 2 == 0
+    return bytes([first, 255]) + struct.pack(">H", length // 2) + pattern
+
+
+def wsconn(name: str, flags: int, ops: list, frames: bytes) -> None:
+    write("fuzz_websocket_connection", name, bytes([flags, len(ops)]) + bytes(ops) + frames)
+
+
+wsconn("echo", 0, [op(W_DELIVER, 31), op(W_SEND, 0x9), op(W_TURN), op(W_DELIVER, 31),
+                   op(W_TURN)],
+       frame(0x1, b"hello") + frame(0x2, b"\x00\x01") + frame(0x9, b"ping")
+       + frame(0x8, b"\x03\xe8bye"))
+wsconn("fragments-split", UNMASK_SELF,
+       [op(W_DELIVER, 3), op(W_DELIVER, 5), op(W_TURN), op(W_DELIVER, 1), op(W_DELIVER, 19)],
+       frame(0x1 | FIN_CLEAR, b"frag") + frame(0x9, b"p") + frame(0x0, b"ment")
+       + frame(0x2, b"B" * 200) + frame(0x2, b"tail"))
+wsconn("deflate", DEFLATE, [op(W_DELIVER, 6), op(W_SEND, 0xA), op(W_SEND_TURN, 2),
+                            op(W_DELIVER, 31), op(W_TURN)],
+       frame(0x1 | COMPRESS, b"Hello, Hello, Hello") + frame(0x2 | COMPRESS, b"\x00" * 100)
+       + frame(0x1, b"plain"))
+wsconn("deflate-no-takeover", DEFLATE | NO_TAKEOVER, [op(W_DELIVER, 31), op(W_SEND, 0x4)],
+       frame(0x1 | COMPRESS, b"abcabcabc") + frame(0x1 | COMPRESS, b"abcabcabc"))
+wsconn("big-borrowed-tail", UNMASK_SELF,
+       [op(W_DELIVER, 29), op(W_DELIVER, 30), op(W_DELIVER, 31), op(W_TURN), op(W_DELIVER, 31)],
+       big_frame(0x2, 20000, b"0123456789abcdef") + big_frame(0x2, 70000 - 4096, b"xy")
+       + frame(0x1, b"after"))
+wsconn("paused-queue", PAUSE_EACH | ACCEPT_LATER,
+       [op(W_DELIVER, 31), op(W_APP, 24), op(W_TURN), op(W_APP, 8), op(W_TURN), op(W_APP, 16),
+        op(W_DELIVER, 10), op(W_APP, 8), op(W_TURN)],
+       frame(0x1, b"one") + frame(0x1, b"two") + frame(0x2, b"three") + frame(0x1, b"four"))
+wsconn("stalled-writes", WS_SMALL,
+       [op(W_DELIVER, 31), op(W_DRAIN, 16), op(W_SEND, 4), op(W_SEND, 7), op(W_TURN),
+        op(W_DRAIN), op(W_SEND, 2), op(W_DRAIN, 16), op(W_DRAIN), op(W_TURN)],
+       frame(0x2, b"x" * 50))
+wsconn("too-big-and-bad", WS_SMALL,
+       [op(W_DELIVER, 31), op(W_TURN)],
+       frame(0x1 | FIN_CLEAR, b"a" * 200) + frame(0x0 | FIN_CLEAR, b"b" * 200)
+       + big_frame(0x0, 800, b"c"))
+wsconn("bad-utf8-unmasked", 0, [op(W_DELIVER, 31), op(W_TURN)],
+       frame(0x1, b"ok") + frame(0x1, b"\xc3\x28") + frame(0x2 | UNMASKED, b"no mask"))
+wsconn("keepalive-timeout", FAST_PING,
+       [op(W_DELIVER, 31), op(W_DEADLINE, 4), op(W_TURN), op(W_DEADLINE, 4), op(W_TURN),
+        op(W_DEADLINE, 8), op(W_TURN)],
+       frame(0xA, b"") + frame(0x1, b"still here"))
+wsconn("app-close-then-frames", 0,
+       [op(W_DELIVER, 31), op(W_APP, 4), op(W_TURN), op(W_DELIVER, 31), op(W_TURN)],
+       frame(0x1, b"before") + frame(0x1, b"after close") + frame(0x8, b"\x03\xe8"))
+wsconn("reject-shutdown", ACCEPT_LATER, [op(W_DELIVER, 31), op(W_APP, 28), op(W_TURN)],
+       frame(0x1, b"never"))
+wsconn("shutdown-open", 0, [op(W_DELIVER, 31), op(W_MISC, 2), op(W_TURN), op(W_DELIVER, 31)],
+       frame(0x1, b"hi") + frame(0x8, b"\x03\xe8"))
+wsconn("raw-garbage", RAW, [op(W_DELIVER, 3), op(W_DELIVER, 31)],
+       b"\x81\x85\x00\x00\x00\x00hello\x8f\x80\x00\x00\x00\x00\xff\xff")
+
+
 # ---- fuzz_proxy_headers: flags, --forwarded-allow-ips, '\n', one header per line -------------
 WEBSOCKET, LIST_FORM = 0x01, 0x02
 XFF, XFP, XFF_CASE, OTHER = b"\x00", b"\x01", b"\x02", b"\x03"
