@@ -643,6 +643,22 @@ def test_send_after_client_close_raises_client_disconnected(servers):
     assert servers.compare(run) == "send raised ClientDisconnected isinstance(OSError)=True str=''"
 
 
+def test_ping_after_the_server_close_frame_is_answered(servers):
+    # RFC 6455 forbids only data frames after a close frame (5.5.1) and asks for the pong
+    # (5.5.2); the websockets library under Uvicorn answers it too.
+    def run(s):
+        srv = s.get(APP, *WS)
+        with RawWS(srv, "/close?code=4321&reason=bye") as c:
+            c.read_head()
+            closing = c.read_close()
+            c.send(frame(0x9, b"late"))
+            pong = c.read_frame()
+            c.send(frame(0x8, close_payload(4321)))
+            return closing, pong, c.closed_by_server()
+
+    assert servers.compare(run) == ((4321, "bye"), (1, 0, 0xA, b"late"), True)
+
+
 def test_send_after_own_close_is_a_runtime_error(servers):
     def run(s):
         srv = s.get(APP, *WS)
