@@ -609,7 +609,8 @@ struct Driver {
 
     // The server, the app and a patient client, until nothing changes.
     void settle() {
-        for (int round = 0; round < 64; ++round) {
+        // Each round takes at least one message when the app pauses after every message.
+        for (int round = 0; round < 8192; ++round) {
             std::size_t before_received = app.received.size();
             std::size_t before_stream = stream.size();
             bool was_closed = wire.closed();
