@@ -30,6 +30,7 @@
 #include "core/transport.hpp"
 
 #include "tests/fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_transport.hpp"
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -44,102 +45,7 @@ namespace {
 
 using namespace cppuvicorn::core;
 
-// ---------------------------------------------------------------------------------------------
-// The transport: tests/unit/support/fake_transport.hpp plus the "nothing after close" checks.
-
-class FuzzTransport final : public Transport {
-  public:
-    HttpConnection* conn = nullptr;
-    std::uint64_t clock_ms = 1'000'000;
-    bool stalled = false;
-
-    // ---- the socket and the loop ----
-    bool can_deliver() const { return reading_ && !closed(); }
-    void deliver(std::string_view bytes) {
-        FUZZ_CHECK(can_deliver());
-        conn->on_data(bytes);
-        check();
-    }
-    void eof() {
-        if (closed()) return;  // TcpConnection stops reading when it closes
-        conn->on_eof();
-        check();
-    }
-    void drain() {
-        written_ += unsent_;
-        unsent_.clear();
-        if (!closed()) conn->on_drained();
-        check();
-    }
-    void end_of_turn() {
-        if (std::exchange(resume_scheduled_, false) && !closed()) conn->process_pending();
-        if (std::exchange(flush_scheduled_, false)) flush();
-        if (closed() && !close_reported_) {
-            close_reported_ = true;
-            conn->on_closed();
-        }
-        check();
-    }
-    void deadline(std::uint64_t advance_ms) {
-        clock_ms += advance_ms;
-        std::uint64_t d = conn->deadline_ms();
-        if (!closed() && d != 0 && clock_ms >= d) conn->on_deadline();
-        check();
-    }
-    // Nothing may reach the wire once the transport was told to close. After a graceful
-    // close TcpConnection still writes what sits in out() (close_after_flush_), so nothing may
-    // be appended then; after close(now) it drops out() on the next flush, as we do here.
-    void check() {
-        if (!closed()) return;
-        FUZZ_CHECK(abortive_ || out_.empty());
-        out_.clear();
-    }
-
-    bool closed() const { return closed_; }
-    bool close_reported() const { return close_reported_; }
-    bool idle_loop() const { return !resume_scheduled_ && !flush_scheduled_; }
-
-    // ---- Transport ----
-    std::string& out() override { return out_; }
-    void flush() override {
-        check();
-        (stalled ? unsent_ : written_) += out_;
-        out_.clear();
-        // Stay under a bounded size: only the framing matters here.
-        if (written_.size() > (1u << 20)) written_.clear();
-    }
-    void schedule_flush() override {
-        check();
-        flush_scheduled_ = true;
-    }
-    std::size_t buffered() const override { return out_.size() + unsent_.size(); }
-    void pause_reading() override { reading_ = false; }
-    void resume_reading() override {
-        if (!closed()) reading_ = true;
-    }
-    void close(bool now) override {
-        if (closed()) return;
-        if (!now) written_ += unsent_ + out_;
-        unsent_.clear();
-        out_.clear();
-        closed_ = true;
-        abortive_ = now;
-        reading_ = false;
-    }
-    void schedule_resume() override { resume_scheduled_ = true; }
-    std::uint64_t now_ms() const override { return clock_ms; }
-
-  private:
-    std::string out_;
-    std::string unsent_;
-    std::string written_;
-    bool closed_ = false;
-    bool abortive_ = false;  // close(true)
-    bool close_reported_ = false;
-    bool reading_ = true;
-    bool flush_scheduled_ = false;
-    bool resume_scheduled_ = false;
-};
+using cppuvicorn::fuzz::FuzzTransport;
 
 // ---------------------------------------------------------------------------------------------
 // The application
@@ -346,7 +252,7 @@ struct Driver {
             case 0: {
                 if (!wire.can_deliver() || stream.empty()) return;
                 std::size_t n = std::min(kSizes[param], stream.size());
-                std::string piece(stream.substr(0, n));  // the read buffer dies after the call
+                std::string_view piece = stream.substr(0, n);
                 stream.remove_prefix(n);
                 wire.deliver(piece);
                 return;
@@ -408,7 +314,7 @@ struct Driver {
             wire.drain();
             wire.end_of_turn();
             if (wire.can_deliver() && !stream.empty()) {
-                std::string rest(stream);
+                std::string_view rest = stream;
                 stream = {};
                 wire.deliver(rest);
             }

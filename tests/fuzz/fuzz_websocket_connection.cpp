@@ -48,6 +48,7 @@
 #include "core/websocket_connection.hpp"
 
 #include "tests/fuzz/fuzz_check.hpp"
+#include "tests/fuzz/fuzz_transport.hpp"
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -78,8 +79,7 @@ struct ClientView {
     std::string pending;
     bool head_done = false;
     int status = 0;
-    bool closed_frame = false;  // a close frame arrived: only pongs may follow
-    int close_code = 0;
+    bool closed_frame = false;            // a close frame arrived: only pongs may follow
     std::unique_ptr<WsDeflate> inflater;  // with permessage-deflate agreed
     std::vector<std::pair<bool, std::string>> messages;
 
@@ -141,10 +141,10 @@ struct ClientView {
             FUZZ_CHECK(!rsv1);
             if (op == 0x8) {
                 FUZZ_CHECK(len != 1);
-                close_code = len >= 2 ? (static_cast<unsigned char>(payload[0]) << 8) |
-                                            static_cast<unsigned char>(payload[1])
-                                      : 1005;
-                FUZZ_CHECK(len < 2 || valid_close_code(close_code));
+                const int code = len >= 2 ? (static_cast<unsigned char>(payload[0]) << 8) |
+                                                static_cast<unsigned char>(payload[1])
+                                          : 1005;
+                FUZZ_CHECK(len < 2 || valid_close_code(code));
                 FUZZ_CHECK(len < 2 || valid_utf8(payload.substr(2)));
                 closed_frame = true;
             }
@@ -165,112 +165,7 @@ struct ClientView {
     }
 };
 
-// ---------------------------------------------------------------------------------------------
-// The transport: tests/unit/support/fake_transport.hpp with checks, handing written bytes to
-// the client's view.
-
-class FuzzTransport final : public Transport {
-  public:
-    HttpConnection* conn = nullptr;
-    ClientView* client = nullptr;
-    std::uint64_t clock_ms = 1'000'000;
-    bool stalled = false;
-
-    bool can_deliver() const { return reading_ && !closed(); }
-    // The read lives in a buffer of its own that dies after the call.
-    void deliver(std::string_view bytes) {
-        FUZZ_CHECK(can_deliver());
-        auto buf = std::make_unique<char[]>(bytes.size());
-        std::memcpy(buf.get(), bytes.data(), bytes.size());
-        conn->on_data({buf.get(), bytes.size()});
-        buf.reset();
-        check();
-    }
-    void eof() {
-        if (closed()) return;
-        conn->on_eof();
-        check();
-    }
-    void drain() {
-        client->feed(unsent_);
-        unsent_.clear();
-        if (!closed()) conn->on_drained();
-        check();
-    }
-    void end_of_turn() {
-        if (std::exchange(resume_scheduled_, false) && !closed()) conn->process_pending();
-        if (std::exchange(flush_scheduled_, false)) flush();
-        if (closed() && !close_reported_) {
-            close_reported_ = true;
-            conn->on_closed();
-        }
-        check();
-    }
-    void deadline(std::uint64_t advance_ms) {
-        clock_ms += advance_ms;
-        std::uint64_t d = conn->deadline_ms();
-        if (!closed() && d != 0 && clock_ms >= d) conn->on_deadline();
-        check();
-    }
-    // Nothing may be appended once the transport was told to close (see fuzz_http_connection).
-    void check() {
-        if (!closed()) return;
-        FUZZ_CHECK(abortive_ || out_.empty());
-        out_.clear();
-    }
-
-    bool closed() const { return closed_; }
-    bool abortive() const { return abortive_; }
-    bool close_reported() const { return close_reported_; }
-    bool idle_loop() const { return !resume_scheduled_ && !flush_scheduled_; }
-    bool reading() const { return reading_; }
-
-    std::string& out() override { return out_; }
-    void flush() override {
-        check();
-        if (stalled) {
-            unsent_ += out_;
-        } else {
-            client->feed(unsent_);
-            unsent_.clear();
-            client->feed(out_);
-        }
-        out_.clear();
-    }
-    void schedule_flush() override {
-        check();
-        flush_scheduled_ = true;
-    }
-    std::size_t buffered() const override { return out_.size() + unsent_.size(); }
-    void pause_reading() override { reading_ = false; }
-    void resume_reading() override {
-        if (!closed()) reading_ = true;
-    }
-    void close(bool now) override {
-        if (closed()) return;
-        if (!now) {
-            client->feed(unsent_);
-            client->feed(out_);
-        }
-        unsent_.clear();
-        out_.clear();
-        closed_ = true;
-        abortive_ = now;
-        reading_ = false;
-    }
-    void schedule_resume() override { resume_scheduled_ = true; }
-    std::uint64_t now_ms() const override { return clock_ms; }
-
-  private:
-    std::string out_;
-    std::string unsent_;
-    bool closed_ = false;
-    bool abortive_ = false;
-    bool close_reported_ = false;
-    bool reading_ = true;
-    bool flush_scheduled_ = false;
-    bool resume_scheduled_ = false;
-};
+using cppuvicorn::fuzz::FuzzTransport;
 
 // ---------------------------------------------------------------------------------------------
 // The application
@@ -424,19 +319,19 @@ struct Xorshift {
     }
 };
 
+// The agreed parameters as the client's WsDeflate takes them: WsDeflate compresses with the
+// "server" side's window and context and inflates with the "client" side's, so the two swap.
+DeflateParams client_side(const DeflateParams& agreed) {
+    DeflateParams p = agreed;
+    std::swap(p.server_max_window_bits, p.client_max_window_bits);
+    std::swap(p.server_no_context_takeover, p.client_no_context_takeover);
+    return p;
+}
+
 // Frames described by `desc` (layout at the top), masked unless asked not to be.
 std::string client_frames(std::string_view desc, const std::optional<DeflateParams>& agreed) {
     std::unique_ptr<WsDeflate> compressor;
-    if (agreed) {
-        // The client's compressor: its window and context are what the server agreed for the
-        // client's side.
-        DeflateParams p = *agreed;
-        p.server_max_window_bits = agreed->client_max_window_bits;
-        p.server_no_context_takeover = agreed->client_no_context_takeover;
-        p.client_max_window_bits = agreed->server_max_window_bits;
-        p.client_no_context_takeover = agreed->server_no_context_takeover;
-        compressor = std::make_unique<WsDeflate>(p);
-    }
+    if (agreed) compressor = std::make_unique<WsDeflate>(client_side(*agreed));
     Xorshift rng;
     std::string out;
     std::size_t i = 0;
@@ -532,13 +427,8 @@ struct Driver {
         }
         app.flags = flags;
         app.max_size = config.ws_max_size;
-        if (agreed) {
-            DeflateParams p = *agreed;  // the client's inflater for the server's frames
-            p.client_max_window_bits = agreed->server_max_window_bits;
-            p.client_no_context_takeover = agreed->server_no_context_takeover;
-            client.inflater = std::make_unique<WsDeflate>(p);
-        }
-        wire.client = &client;
+        if (agreed) client.inflater = std::make_unique<WsDeflate>(client_side(*agreed));
+        wire.on_wire = [this](std::string_view bytes) { client.feed(bytes); };
         conn = std::make_unique<HttpConnection>(wire, ctx, PeerAddress{"127.0.0.1", 40000, false},
                                                 PeerAddress{"127.0.0.1", 8000, false});
         wire.conn = conn.get();
