@@ -532,7 +532,7 @@ PyObject* CycleHandler::send_start(PyObject* message) {
     long status = PyLong_Check(status_obj) ? PyLong_AsLong(status_obj) : -1;
     Py_DECREF(status_obj);
     if (status == -1 && PyErr_Occurred()) return nullptr;
-    if (status < 100 || status > 599) {
+    if (status < 200 || status > 599) {  // a 1xx is interim, never the response
         return runtime_error("Invalid HTTP status code.", nullptr);
     }
     PyObject* headers = message_get(message, n::headers);
@@ -603,8 +603,14 @@ PyObject* CycleHandler::send_start(PyObject* message) {
     if (r == core::WriteResult::kInvalid) {
         // As Uvicorn: the response counts as started (and is logged) before headers are
         // checked, so the app's error closes the connection instead of answering 500.
+        // Unlike Uvicorn, the connection closes now: no valid response can follow on it, and
+        // an app that caught the error and "finished" with a body would otherwise leave the
+        // client waiting (or, in Uvicorn, reading the next response as this one's).
         response_started_ = true;
-        if (conn_ != nullptr) server_.log_access(scope_, *conn_, static_cast<int>(status));
+        if (conn_ != nullptr) {
+            server_.log_access(scope_, *conn_, static_cast<int>(status));
+            conn_->abort();
+        }
         return runtime_error(err == core::HeaderError::kBadName ? "Invalid HTTP header name."
                                                                 : "Invalid HTTP header value.",
                              nullptr);

@@ -381,6 +381,7 @@ WriteResult HttpConnection::write_body(std::string_view data, bool more) {
     if (closed_) return WriteResult::kClosed;
     if (!response_started_) return WriteResult::kNotStarted;
     if (response_complete_) return WriteResult::kFinished;
+    if (response_.body_refused && !data.empty()) return WriteResult::kTooLong;
     if (response_.framing == Framing::kContentLength) {
         if (data.size() > response_.remaining) return WriteResult::kTooLong;
         if (!more && data.size() < response_.remaining) {
@@ -462,6 +463,7 @@ WriteResult HttpConnection::send_file(int fd, std::uint64_t size) {
     if (closed_) return WriteResult::kClosed;
     if (!response_started_) return WriteResult::kNotStarted;
     if (response_complete_ || file_ != nullptr) return WriteResult::kFinished;
+    if (response_.body_refused && size > 0) return WriteResult::kTooLong;
     if (response_.framing == Framing::kContentLength) {
         if (size > response_.remaining) return WriteResult::kTooLong;
         if (size < response_.remaining) return WriteResult::kTooShort;

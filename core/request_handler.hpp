@@ -153,7 +153,8 @@ enum class WriteResult : std::uint8_t {
     kOk,              // accepted; the output buffer is under the high-water mark
     kWait,            // accepted, but the buffer is over the high-water mark: wait for on_writable
     kClosed,          // the connection is gone; the data was dropped
-    kTooLong,         // more body than the response's content-length: nothing was written
+    kTooLong,         // more body than the response's content-length (or any body for a
+                      // 204 / 304 without one): nothing was written
     kTooShort,        // more=false before content-length bytes were sent: nothing was written
     kNotStarted,      // write_body before start_response
     kAlreadyStarted,  // start_response twice

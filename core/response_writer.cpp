@@ -158,7 +158,15 @@ bool has_close_token(std::string_view v) {
     return false;
 }
 
+// Digits, with optional whitespace (SP, HTAB) around them: a field value's OWS is not part of
+// it (RFC 9110 §5.5), and Uvicorn's int(value) takes " 5 " as 5 too. Signs, underscores and
+// non-ASCII digits, which int() would also take, are refused: clients would not read them.
 bool parse_length(std::string_view v, std::uint64_t& out) {
+    const auto ows = [](char c) { return c == ' ' || c == '\t'; };
+    while (!v.empty() && ows(v.front()))
+        v.remove_prefix(1);
+    while (!v.empty() && ows(v.back()))
+        v.remove_suffix(1);
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     return ec == std::errc() && p == v.data() + v.size() && !v.empty();
 }
@@ -181,7 +189,9 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
                                 std::span<const Header> headers, const RequestInfo& req,
                                 std::string_view date_line, std::string_view default_headers,
                                 ResponseState& state) {
-    if (status < 100 || status > 599) return HeaderError::kBadStatus;
+    // 1xx statuses are interim (RFC 9110 §15.2), never the answer: a client that read one as
+    // such would take the connection's next response for this request's.
+    if (status < 200 || status > 599) return HeaderError::kBadStatus;
     static constexpr std::string_view kClose = "connection: close\r\n";
     static constexpr std::string_view kChunked = "transfer-encoding: chunked\r\n";
     const std::string_view status_line = lines.line(status);
@@ -199,7 +209,6 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
     p = put(p, default_headers);
 
     HeaderError error = HeaderError::kNone;
-    bool bad_length = false;
     bool has_length = false;
     bool chunked = false;
     bool close = false;
@@ -222,19 +231,22 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
         *p++ = '\r';
         *p++ = '\n';
         if (lname == "content-length") {
-            if (!has_length && !chunked) {
-                // A bad length is reported after every name and value has been checked, as
-                // it was when they were checked in a pass of their own.
-                bad_length = !parse_length(h.value, length);
-                has_length = true;
+            // As Uvicorn, a length that is not a number fails where it stands. A second length
+            // must say the same as the first: two different ones make the response unreadable
+            // (RFC 9112 §6.3), and the proxy in front may believe either.
+            std::uint64_t n = 0;
+            if (!parse_length(h.value, n) || (has_length && n != length)) {
+                error = HeaderError::kBadValue;
+                break;
             }
+            length = n;
+            has_length = true;
         } else if (lname == "transfer-encoding") {
             if (iequals(h.value, "chunked")) chunked = true;
         } else if (lname == "connection") {
             if (has_close_token(h.value)) close = true;
         }
     }
-    if (error == HeaderError::kNone && bad_length) error = HeaderError::kBadValue;
     if (error != HeaderError::kNone) {
         out.resize(start);
         return error;
@@ -243,9 +255,11 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
     state.keep_alive = req.keep_alive && !close;
     if (!state.keep_alive && !close) p = put(p, kClose);
 
-    const bool no_body = req.head_method || status < 200 || status == 204 || status == 304;
+    const bool no_body = req.head_method || status == 204 || status == 304;
+    state.body_refused = false;
     if (no_body) {
         state.framing = Framing::kNoBody;
+        state.body_refused = !req.head_method && !has_length && !chunked;
     } else if (chunked && !req.http10) {
         state.framing = Framing::kChunked;
     } else if (has_length) {

@@ -28,7 +28,7 @@ enum class Framing : std::uint8_t {
     kContentLength,  // the app gave content-length
     kChunked,        // HTTP/1.1 and no content-length: transfer-encoding chunked
     kUntilClose,     // HTTP/1.0 and no content-length: the body ends when the connection closes
-    kNoBody,         // HEAD, 1xx, 204, 304: headers only, whatever the app sends is dropped
+    kNoBody,         // HEAD, 204, 304: headers only, whatever the app sends is dropped
 };
 
 // What the request said, needed to frame its response.
@@ -42,12 +42,15 @@ struct ResponseState {
     Framing framing = Framing::kChunked;
     std::uint64_t remaining = 0;  // with kContentLength: bytes still expected from the app
     bool keep_alive = true;
+    // With kNoBody for a 204 or 304 that gave no length: there is no body to send, so one from
+    // the app is its error (Uvicorn: "Response content longer than Content-Length").
+    bool body_refused = false;
 };
 
 enum class HeaderError : std::uint8_t { kNone, kBadName, kBadValue, kBadStatus };
 
-// Validates the app's headers (Uvicorn's HEADER_RE / HEADER_VALUE_RE rules) and appends the
-// whole head to `out`. On error nothing is appended.
+// Validates the app's final status (200..599) and headers (Uvicorn's HEADER_RE /
+// HEADER_VALUE_RE rules) and appends the whole head to `out`. On error nothing is appended.
 HeaderError write_response_head(std::string& out, const StatusLines& lines, int status,
                                 std::span<const Header> headers, const RequestInfo& req,
                                 std::string_view date_line, std::string_view default_headers,

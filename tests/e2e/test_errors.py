@@ -252,3 +252,53 @@ def test_invalid_send_raises_in_app_and_nothing_invalid_on_the_wire(servers, cas
         return raw, caught
 
     servers.compare(run)
+
+
+def test_content_length_with_whitespace_frames_the_body(servers):
+    # RFC 9110 §5.5: whitespace around a field value is not part of it; Uvicorn's int() agrees.
+    def run(s):
+        srv = s.get()
+        with Conn(srv) as c:
+            c.send(build_request("GET", "/invalid/content-length-with-whitespace"))
+            r = c.read_response()
+            raw = strip_default_headers(r.raw_head) + r.body
+            c.send(build_request("GET", "/hello"))
+            assert c.read_response().body == b"Hello, world!"
+        assert raw == b"HTTP/1.1 200 OK\r\ncontent-length:  5\t\r\n\r\nfine!"
+        return raw
+
+    servers.compare(run)
+
+
+# Where Uvicorn's answer is not valid HTTP, cppuvicorn's is checked on its own.
+
+
+def test_head_refused_after_it_counts_as_started_closes_the_connection(cppuvicorn):
+    """As in Uvicorn, a response counts as started before its headers are checked, so the app's
+    error closes the connection rather than answering 500. An app that catches the error and
+    ends the "response" with a body cannot produce a valid answer any more: the connection
+    closes at once, with nothing on the wire. (Uvicorn writes nothing and then answers the
+    pipelined request behind it, which the client takes for this one's answer.)"""
+    case = "bad-header-then-body"
+    with Conn(cppuvicorn) as c:
+        c.send(build_request("GET", f"/invalid/{case}") + build_request("GET", "/hello"))
+        assert c.is_closed(timeout=5)
+    caught = wait_until(lambda: request(cppuvicorn, "GET", f"/caught/{case}").json(), timeout=2)
+    assert caught == ["RuntimeError: Invalid HTTP header name."]
+    assert_still_serving(cppuvicorn)
+
+
+def test_interim_status_is_refused_and_a_real_response_follows(cppuvicorn):
+    """A 1xx status is interim (RFC 9110 §15.2): sent as the response, a client would take the
+    connection's next response for this request's. send() refuses it before the response
+    starts. (Uvicorn writes the 1xx head with a chunked body after it.)"""
+    case = "interim-status"
+    with Conn(cppuvicorn) as c:
+        c.send(build_request("GET", f"/invalid/{case}"))
+        r = c.read_response(allow_interim=True)
+        assert strip_default_headers(r.raw_head) + r.body == FINE
+        c.send(build_request("GET", "/hello"))
+        assert c.read_response().body == b"Hello, world!"
+    caught = wait_until(lambda: request(cppuvicorn, "GET", f"/caught/{case}").json(), timeout=2)
+    assert caught == ["RuntimeError: Invalid HTTP status code."]
+    assert_still_serving(cppuvicorn)

@@ -7,7 +7,7 @@
 // name with an empty value).
 //
 // Checked against a literal, byte-at-a-time transcription of the rules (Uvicorn's HEADER_RE and
-// HEADER_VALUE_RE, the first content-length, chunked only to HTTP/1.1, connection: close): the
+// HEADER_VALUE_RE, content-lengths that agree, chunked only to HTTP/1.1, connection: close): the
 // same error, or the same bytes and framing; on error the buffer is as it was; the head ends in
 // an empty line. The writer sizes its buffer once from an upper bound and writes through a raw
 // pointer: ASan checks that bound.
@@ -79,10 +79,14 @@ struct RefHead {
 RefHead reference(const StatusLines& lines, int status, const std::vector<Header>& headers,
                   const RequestInfo& req, std::string_view date, std::string_view defaults) {
     RefHead r;
-    if (status < 100 || status > 599) {
+    if (status < 200 || status > 599) {  // 1xx: interim, never a final answer
         r.error = HeaderError::kBadStatus;
         return r;
     }
+    // In header order, each header's name, then its value, then (for a content-length) its
+    // length: digits between optional SP / HTAB, the same as any earlier length.
+    bool has_length = false, chunked = false, close = false;
+    std::uint64_t length = 0;
     for (const auto& h : headers) {
         if (!ref_valid_name(h.name)) {
             r.error = HeaderError::kBadName;
@@ -92,20 +96,21 @@ RefHead reference(const StatusLines& lines, int status, const std::vector<Header
             r.error = HeaderError::kBadValue;
             return r;
         }
-    }
-    r.bytes.append(lines.line(status)).append(date).append(defaults);
-    bool has_length = false, chunked = false, close = false;
-    std::uint64_t length = 0;
-    for (const auto& h : headers) {
         const std::string name = lower(h.name);
-        r.bytes.append(name).append(": ").append(h.value).append("\r\n");
-        if (name == "content-length" && !has_length && !chunked) {
-            auto [p, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), length);
-            if (h.value.empty() || ec != std::errc() || p != h.value.data() + h.value.size()) {
+        if (name == "content-length") {
+            std::string_view digits(h.value);
+            const std::size_t first = digits.find_first_not_of(" \t");
+            digits = first == std::string_view::npos
+                         ? std::string_view()
+                         : digits.substr(first, digits.find_last_not_of(" \t") - first + 1);
+            std::uint64_t n = 0;
+            auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+            if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() ||
+                (has_length && n != length)) {
                 r.error = HeaderError::kBadValue;
-                r.bytes.clear();
                 return r;
             }
+            length = n;
             has_length = true;
         } else if (name == "transfer-encoding" && lower(h.value) == "chunked") {
             chunked = true;
@@ -113,10 +118,14 @@ RefHead reference(const StatusLines& lines, int status, const std::vector<Header
             close = true;
         }
     }
+    r.bytes.append(lines.line(status)).append(date).append(defaults);
+    for (const auto& h : headers)
+        r.bytes.append(lower(h.name)).append(": ").append(h.value).append("\r\n");
     r.state.keep_alive = req.keep_alive && !close;
     if (!r.state.keep_alive && !close) r.bytes.append("connection: close\r\n");
-    if (req.head_method || status < 200 || status == 204 || status == 304) {
+    if (req.head_method || status == 204 || status == 304) {
         r.state.framing = Framing::kNoBody;
+        r.state.body_refused = !req.head_method && !has_length && !chunked;
     } else if (chunked && !req.http10) {
         r.state.framing = Framing::kChunked;
     } else if (has_length) {
@@ -175,6 +184,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(out.size() >= 4 && out.compare(out.size() - 4, 4, "\r\n\r\n") == 0);
     FUZZ_CHECK(state.framing == ref.state.framing);
     FUZZ_CHECK(state.keep_alive == ref.state.keep_alive);
+    FUZZ_CHECK(state.body_refused == ref.state.body_refused);
     if (state.framing == Framing::kContentLength)
         FUZZ_CHECK(state.remaining == ref.state.remaining);
     return 0;

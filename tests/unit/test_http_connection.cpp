@@ -429,6 +429,32 @@ TEST_CASE("HttpConnection: write_body checks the response's content-length", "[h
     }
 }
 
+TEST_CASE("HttpConnection: a 204 or 304 without a length refuses a body", "[http_connection]") {
+    // As Uvicorn ("Response content longer than Content-Length"): there is no body to send.
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({204, {}, ""}) == WriteResult::kOk);
+    CHECK(rig.app.write("x", false) == WriteResult::kTooLong);
+    CHECK(rig.app.write("", false) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.take_written() == "HTTP/1.1 204 No Content\r\nserver: cppuvicorn\r\n\r\n");
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release"});
+}
+
+TEST_CASE("HttpConnection: a 304 with a length drops the body, as HEAD does", "[http_connection]") {
+    // RFC 9110 §8.6: a 304's content-length is the selected representation's; the app may send
+    // that body or none. Either way nothing follows the head.
+    auto body = GENERATE(std::string(), std::string("hello"));
+    Rig rig;
+    rig.wire.deliver(kGet1);
+    REQUIRE(rig.app.start({304, {{"content-length", "5"}}, ""}) == WriteResult::kOk);
+    CHECK(rig.app.write(body, false) == WriteResult::kOk);
+    rig.wire.end_of_turn();
+    REQUIRE(rig.wire.take_written() ==
+            "HTTP/1.1 304 Not Modified\r\nserver: cppuvicorn\r\ncontent-length: 5\r\n\r\n");
+    REQUIRE(rig.app.events == Events{"head GET /1", "body_complete", "release"});
+}
+
 TEST_CASE("HttpConnection: an invalid response head is refused and can be retried",
           "[http_connection]") {
     Rig rig;

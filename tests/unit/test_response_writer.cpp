@@ -53,6 +53,26 @@ TEST_CASE("ResponseWriter: a content-length response is framed by its length",
     CHECK(h.state.keep_alive);
 }
 
+TEST_CASE("ResponseWriter: whitespace around a content-length is not part of it",
+          "[response_writer]") {
+    // RFC 9110 §5.5: a field value's leading and trailing OWS is not part of it; Uvicorn's
+    // int(value) reads " 5 " as 5 too. The value goes out as the app gave it.
+    auto value = GENERATE(" 5"s, "5 "s, " 5 "s, "\t5\t"s, "  5"s);
+    CAPTURE(value);
+    Head h = write_head(200, {{"content-length", value}});
+    REQUIRE(h.error == HeaderError::kNone);
+    CHECK(h.bytes == "HTTP/1.1 200 OK\r\n" + kHeadStart + "content-length: " + value + "\r\n\r\n");
+    CHECK(h.state.framing == Framing::kContentLength);
+    CHECK(h.state.remaining == 5);
+}
+
+TEST_CASE("ResponseWriter: lengths that agree are one length", "[response_writer]") {
+    Head h = write_head(200, {{"content-length", "5"}, {"Content-Length", " 5"}});
+    REQUIRE(h.error == HeaderError::kNone);
+    CHECK(h.state.framing == Framing::kContentLength);
+    CHECK(h.state.remaining == 5);
+}
+
 TEST_CASE("ResponseWriter: an HTTP/1.1 response without a length is chunked", "[response_writer]") {
     SECTION("transfer-encoding is added after the app's headers") {
         Head h = write_head(200, {{"content-type", "text/plain"}});
@@ -87,8 +107,7 @@ TEST_CASE("ResponseWriter: an HTTP/1.0 response with a length is framed by it",
     CHECK_FALSE(h.state.keep_alive);
 }
 
-TEST_CASE("ResponseWriter: HEAD, 1xx, 204 and 304 responses have no body framing",
-          "[response_writer]") {
+TEST_CASE("ResponseWriter: HEAD, 204 and 304 responses have no body framing", "[response_writer]") {
     SECTION("HEAD keeps the app's content-length but expects no body") {
         RequestInfo req;
         req.head_method = true;
@@ -103,17 +122,23 @@ TEST_CASE("ResponseWriter: HEAD, 1xx, 204 and 304 responses have no body framing
         Head h = write_head(200, {}, req);
         REQUIRE(h.bytes == "HTTP/1.1 200 OK\r\n" + kHeadStart + "\r\n");
         CHECK(h.state.framing == Framing::kNoBody);
+        CHECK_FALSE(h.state.body_refused);  // a HEAD handler may send the GET body
     }
     SECTION("statuses that never carry a body") {
         auto [status, line] = GENERATE(table<int, std::string>({
             {204, "HTTP/1.1 204 No Content\r\n"},
             {304, "HTTP/1.1 304 Not Modified\r\n"},
-            {103, "HTTP/1.1 103 Early Hints\r\n"},
         }));
         Head h = write_head(status, {{"etag", "\"x\""}});
         REQUIRE(h.bytes == line + kHeadStart + "etag: \"x\"\r\n\r\n");
         CHECK(h.state.framing == Framing::kNoBody);
         CHECK(h.state.keep_alive);
+        CHECK(h.state.body_refused);  // no length: a body from the app is its error
+    }
+    SECTION("with a length or chunked, a 204 or 304 body is dropped, not refused") {
+        auto status = GENERATE(204, 304);
+        CHECK_FALSE(write_head(status, {{"content-length", "5"}}).state.body_refused);
+        CHECK_FALSE(write_head(status, {{"transfer-encoding", "chunked"}}).state.body_refused);
     }
 }
 
@@ -193,14 +218,21 @@ TEST_CASE("ResponseWriter: invalid heads are rejected and nothing is appended",
         CHECK(h.bytes == before);
     }
     SECTION("a content-length that is not a number") {
-        auto value = GENERATE(""s, "abc"s, "-1"s, "5 "s, "0x10"s);
+        auto value = GENERATE(""s, " "s, "abc"s, "-1"s, "+5"s, "5_0"s, "5 5"s, "0x10"s);
         CAPTURE(value);
         Head h = write_head(200, {{"x-first", "1"}, {"content-length", value}}, {}, before);
         CHECK(h.error == HeaderError::kBadValue);
         CHECK(h.bytes == before);
     }
-    SECTION("a status outside 100..599") {
-        auto status = GENERATE(0, 99, 600, 1000, -200);
+    SECTION("two lengths that disagree") {
+        auto second = GENERATE("6"s, "-1"s, "abc"s, ""s);
+        CAPTURE(second);
+        Head h = write_head(200, {{"content-length", "5"}, {"content-length", second}}, {}, before);
+        CHECK(h.error == HeaderError::kBadValue);
+        CHECK(h.bytes == before);
+    }
+    SECTION("a status outside 200..599: 1xx are interim, never the answer") {
+        auto status = GENERATE(0, 99, 100, 101, 103, 199, 600, 1000, -200);
         CAPTURE(status);
         Head h = write_head(status, {}, {}, before);
         CHECK(h.error == HeaderError::kBadStatus);
@@ -244,16 +276,15 @@ TEST_CASE("ResponseWriter: framing headers are recognised in any case", "[respon
     CHECK(close.bytes.find("connection: close") == std::string::npos);  // the app's, not a second
 }
 
-TEST_CASE("ResponseWriter: a bad name or value is reported before a bad content-length",
+TEST_CASE("ResponseWriter: headers are checked in order, each length where it stands",
           "[response_writer]") {
-    // Names and values are checked in order; a content-length that is not a number only
-    // counts when every name and value is valid.
-    Head name = write_head(200, {{"content-length", "x"}, {"bad name", "v"}}, {}, "kept");
+    // As Uvicorn: each header's name, then its value, then (a content-length) its number.
+    Head name = write_head(200, {{"bad name", "v"}, {"content-length", "x"}}, {}, "kept");
     CHECK(name.error == HeaderError::kBadName);
     CHECK(name.bytes == "kept");
-    Head value = write_head(200, {{"content-length", "x"}, {"v", "a\nb"}}, {}, "kept");
+    Head value = write_head(200, {{"v", "a\nb"}, {"content-length", "x"}}, {}, "kept");
     CHECK(value.error == HeaderError::kBadValue);
-    Head length = write_head(200, {{"content-length", "x"}, {"v", "ok"}}, {}, "kept");
+    Head length = write_head(200, {{"content-length", "x"}, {"bad name", "ok"}}, {}, "kept");
     CHECK(length.error == HeaderError::kBadValue);
     CHECK(length.bytes == "kept");
 }

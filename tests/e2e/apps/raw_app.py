@@ -99,6 +99,25 @@ async def _invalid(case: str, scope, receive, send) -> None:
         except RuntimeError as exc:
             _record(case, exc)
         # Return here: what the server does with a half-started response is compared.
+    elif case == "bad-header-then-body":
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"bad name", b"x")]})
+        except RuntimeError as exc:
+            _record(case, exc)
+        # The app carries on as if the head had gone out: nothing valid can follow it.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif case == "interim-status":
+        try:
+            await send({"type": "http.response.start", "status": 103, "headers": [(b"link", b"</a.css>")]})
+        except RuntimeError as exc:
+            _record(case, exc)
+        # A 1xx is not an answer: the response has not started, so a real one still can.
+        await send(ok_start)
+        await send({"type": "http.response.body", "body": b"fine!"})
+    elif case == "content-length-with-whitespace":
+        # Not invalid: whitespace around a field value is not part of it.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b" 5\t")]})
+        await send({"type": "http.response.body", "body": b"fine!"})
     elif case == "body-longer-than-content-length":
         await send(ok_start)
         try:
