@@ -197,6 +197,8 @@ enum class AppState : std::uint8_t {
     kConnecting,  // before websocket.accept / websocket.close / websocket.http.response.start
     kResponding,  // websocket.http.response.start sent, the body is still coming
     kAccepted,    // websocket.accept done
+    kResponded,   // the websocket.http.response denial went out: as in Uvicorn, only more
+                  // websocket.http.response.body is expected (and has nothing left to do)
     kClosed,      // websocket.close sent (after the accept), or the handshake was refused
 };
 
@@ -266,7 +268,8 @@ class WsHandler final : public core::WebSocketHandler {
     }
     bool handshake_complete() const {
         // Uvicorn also counts a lost connection as the end of the handshake.
-        return ws_ == nullptr || state_ == AppState::kAccepted || state_ == AppState::kClosed;
+        return ws_ == nullptr || state_ == AppState::kAccepted || state_ == AppState::kResponded ||
+               state_ == AppState::kClosed;
     }
 
     WsCycleLinks links;
@@ -661,6 +664,14 @@ PyObject* WsHandler::send(PyObject* message) {
             case AppState::kAccepted:
                 result = send_accepted(type, message);
                 break;
+            case AppState::kResponded:
+                if (is(type, w.ws_http_response_body)) {
+                    result = Py_NewRef(w.ready_none);
+                } else {
+                    runtime_error(
+                        "Expected ASGI message 'websocket.http.response.body' but got '%S'.", type);
+                }
+                break;
             case AppState::kClosed:
                 runtime_error("Unexpected ASGI message '%S', after sending 'websocket.close'.",
                               type);
@@ -802,7 +813,7 @@ PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
     core::WriteResult r = ws_->respond(denial_->status, list, denial_->body);
     if (r == core::WriteResult::kInvalid) return header_error(ws_->last_header_error());
     queue_disconnect(core::ws_close::kAbnormal, nullptr);
-    state_ = AppState::kClosed;
+    state_ = AppState::kResponded;
     denial_.reset();
     return Py_NewRef(w.ready_none);
 }
@@ -930,6 +941,7 @@ void WsHandler::finish(bool error) {
                 ws_->close(error ? core::ws_close::kInternalError : core::ws_close::kNormal, "");
             }
             break;
+        case AppState::kResponded:
         case AppState::kClosed:
             break;  // the closing handshake (or the refusal) is under way
     }

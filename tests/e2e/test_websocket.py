@@ -630,6 +630,22 @@ def test_denial_response(servers, status):
     assert logs[0] == f'INFO:     127.0.0.1:PORT - "WebSocket /deny?status={status}" {status}'
 
 
+def test_messages_after_the_denial_response(servers):
+    # As Uvicorn: once the denial went out, only more of its body is expected.
+    def run(s):
+        srv = s.get(APP, *WS)
+        mark = srv.mark()
+        with RawWS(srv, "/deny?then=send") as c:
+            status = c.read_http()[0]
+            assert c.closed_by_server()
+        return status, wait_app_line(srv, "send r", after=mark)
+
+    assert servers.compare(run) == (
+        b"HTTP/1.1 401 Unauthorized",
+        "send raised RuntimeError isinstance(OSError)=False str=\"Expected ASGI message "
+        "'websocket.http.response.body' but got 'websocket.send'.\"")
+
+
 def test_send_after_client_close_raises_client_disconnected(servers):
     def run(s):
         srv = s.get(APP, *WS)

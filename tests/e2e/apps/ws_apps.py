@@ -142,6 +142,8 @@ async def app(scope, receive, send) -> None:
                     "headers": [(b"x-denied", b"1"), (b"content-type", b"application/json")]})
         await send({"type": "websocket.http.response.body", "body": b'{"denied":', "more_body": True})
         await send({"type": "websocket.http.response.body", "body": b"true}"})
+        if q.get("then") == "send":
+            await _send_after(receive, send, {"type": "websocket.send", "text": "late"})
 
     elif path == "/close":
         await _connect(receive)
