@@ -700,7 +700,9 @@ PyObject* WsHandler::send_connecting(PyObject* type, PyObject* message) {
             Py_DECREF(status_obj);
             return nullptr;
         }
-        if (status < 100 || status >= 600) {
+        // Uvicorn's text. Unlike Uvicorn, a 1xx is refused too: a 101 would tell the client
+        // its upgrade went through, any 1xx that the answer is still to come.
+        if (status < 200 || status >= 600) {
             PyErr_Format(PyExc_RuntimeError, "Invalid HTTP status code '%S' in response.",
                          status_obj);
             Py_DECREF(status_obj);
@@ -812,6 +814,16 @@ PyObject* WsHandler::send_response_body(PyObject* type, PyObject* message) {
         list.push_back({name, value});
     core::WriteResult r = ws_->respond(denial_->status, list, denial_->body);
     if (r == core::WriteResult::kInvalid) return header_error(ws_->last_header_error());
+    if (r == core::WriteResult::kTooLong || r == core::WriteResult::kTooShort) {
+        // The body disagrees with the app's content-length: no valid answer can be made of it
+        // (the HTTP cycle's errors, and the connection closes, as after a short HTTP body).
+        state_ = AppState::kClosed;
+        denial_.reset();
+        ws_->abort();
+        return runtime_error(r == core::WriteResult::kTooLong
+                                 ? "Response content longer than Content-Length"
+                                 : "Response content shorter than Content-Length");
+    }
     queue_disconnect(core::ws_close::kAbnormal, nullptr);
     state_ = AppState::kResponded;
     denial_.reset();

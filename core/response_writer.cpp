@@ -158,10 +158,9 @@ bool has_close_token(std::string_view v) {
     return false;
 }
 
-// Digits, with optional whitespace (SP, HTAB) around them: a field value's OWS is not part of
-// it (RFC 9110 §5.5), and Uvicorn's int(value) takes " 5 " as 5 too. Signs, underscores and
-// non-ASCII digits, which int() would also take, are refused: clients would not read them.
-bool parse_length(std::string_view v, std::uint64_t& out) {
+}  // namespace
+
+bool parse_content_length(std::string_view v, std::uint64_t& out) {
     const auto ows = [](char c) { return c == ' ' || c == '\t'; };
     while (!v.empty() && ows(v.front()))
         v.remove_prefix(1);
@@ -170,8 +169,6 @@ bool parse_length(std::string_view v, std::uint64_t& out) {
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     return ec == std::errc() && p == v.data() + v.size() && !v.empty();
 }
-
-}  // namespace
 
 StatusLines::StatusLines() {
     for (int s = 100; s < 600; ++s)
@@ -235,7 +232,7 @@ HeaderError write_response_head(std::string& out, const StatusLines& lines, int 
             // must say the same as the first: two different ones make the response unreadable
             // (RFC 9112 §6.3), and the proxy in front may believe either.
             std::uint64_t n = 0;
-            if (!parse_length(h.value, n) || (has_length && n != length)) {
+            if (!parse_content_length(h.value, n) || (has_length && n != length)) {
                 error = HeaderError::kBadValue;
                 break;
             }

@@ -49,6 +49,12 @@ struct ResponseState {
 
 enum class HeaderError : std::uint8_t { kNone, kBadName, kBadValue, kBadStatus };
 
+// A content-length value: digits, with optional whitespace (SP, HTAB) around them (a field
+// value's OWS is not part of it, RFC 9110 §5.5; Uvicorn's int(value) reads " 5 " as 5 too).
+// Signs, underscores and non-ASCII digits, which int() would also take, are refused: clients
+// would not read them.
+bool parse_content_length(std::string_view value, std::uint64_t& out);
+
 // Validates the app's final status (200..599) and headers (Uvicorn's HEADER_RE /
 // HEADER_VALUE_RE rules) and appends the whole head to `out`. On error nothing is appended.
 HeaderError write_response_head(std::string& out, const StatusLines& lines, int status,

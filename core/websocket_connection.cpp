@@ -561,12 +561,25 @@ WriteResult WebSocketConnection::accept(std::span<const Header> headers,
 WriteResult WebSocketConnection::respond(int status, std::span<const Header> headers,
                                          std::string_view body) {
     if (state_ != State::kHandshake) return WriteResult::kClosed;
-    if (status < 100 || status > 599) {
+    if (status < 200 || status > 599) {  // a 1xx is not an answer (101: not a denial)
         header_error_ = HeaderError::kBadStatus;
         return WriteResult::kInvalid;
     }
     header_error_ = check_headers(headers);
     if (header_error_ != HeaderError::kNone) return WriteResult::kInvalid;
+    // The application's content-length must describe the body it gave (Uvicorn sends it
+    // whatever it says, and the client reads a different response).
+    for (const auto& h : headers) {
+        std::uint64_t length = 0;
+        if (!iequals(h.name, "content-length")) continue;
+        if (!parse_content_length(h.value, length)) {
+            header_error_ = HeaderError::kBadValue;
+            return WriteResult::kInvalid;
+        }
+        if (length != body.size()) {
+            return length < body.size() ? WriteResult::kTooLong : WriteResult::kTooShort;
+        }
+    }
     write_http_response(status, headers, body, {});
     state_ = State::kRejected;
     transport_.close(false);

@@ -72,6 +72,8 @@ class WebSocketConnection {
     // A complete non-101 answer instead of the handshake (403 for a close before the accept,
     // 500 for an application error, or the websocket.http.response denial): the application's
     // headers, then Date / Connection / Content-Length / Content-Type unless it gave them.
+    // kInvalid for a status outside 200..599 or a bad header; kTooLong / kTooShort when the
+    // application's content-length does not match `body`. Nothing is sent then.
     WriteResult respond(int status, std::span<const Header> headers, std::string_view body);
     // One message (a single frame, compressed if permessage-deflate was agreed).
     WriteResult send(bool text, std::string_view data);

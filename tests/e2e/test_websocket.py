@@ -630,6 +630,39 @@ def test_denial_response(servers, status):
     assert logs[0] == f'INFO:     127.0.0.1:PORT - "WebSocket /deny?status={status}" {status}'
 
 
+@pytest.mark.cppuvicorn_only
+@pytest.mark.parametrize("status", ["101", "103"])
+def test_denial_with_an_interim_status_is_refused(cppuvicorn_servers, status):
+    # A 101 "denial" would tell the client its upgrade went through, any 1xx that the answer
+    # is still to come. Uvicorn sends it (with the body after it); cppuvicorn's send() raises
+    # and the app's error is answered 500.
+    srv = cppuvicorn_servers.get(APP, *WS)
+    mark = srv.mark()
+    with RawWS(srv, "/deny?status=" + status) as c:
+        assert c.read_http()[0] == b"HTTP/1.1 500 Internal Server Error"
+    srv.wait_for_line(f"RuntimeError: Invalid HTTP status code '{status}' in response.", after=mark,
+                      stream="stderr")
+
+
+@pytest.mark.cppuvicorn_only
+@pytest.mark.parametrize("length, error", [
+    ("14", "Response content longer than Content-Length"),
+    ("16", "Response content shorter than Content-Length"),
+    ("abc", "Invalid HTTP header value."),
+])
+def test_denial_body_that_disagrees_with_its_content_length(cppuvicorn_servers, length, error):
+    # The body is 15 bytes. Uvicorn sends the app's content-length whatever it says, and the
+    # client reads a different response; cppuvicorn raises in send() (the HTTP cycle's errors)
+    # and closes the connection without an answer.
+    srv = cppuvicorn_servers.get(APP, *WS)
+    mark = srv.mark()
+    with RawWS(srv, f"/deny?length={length}") as c:
+        c.sock.settimeout(2)
+        assert c.sock.recv(4096) == b""
+    assert wait_app_line(srv, "send r", after=mark) == (
+        f"send raised RuntimeError isinstance(OSError)=False str='{error}'")
+
+
 def test_messages_after_the_denial_response(servers):
     # As Uvicorn: once the denial went out, only more of its body is expected.
     def run(s):

@@ -138,10 +138,15 @@ async def app(scope, receive, send) -> None:
     elif path == "/deny":
         await _connect(receive)
         status = int(q.get("status", "401"))
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": [(b"x-denied", b"1"), (b"content-type", b"application/json")]})
+        headers = [(b"x-denied", b"1"), (b"content-type", b"application/json")]
+        if "length" in q:
+            headers.append((b"content-length", q["length"].encode()))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": b'{"denied":', "more_body": True})
-        await send({"type": "websocket.http.response.body", "body": b"true}"})
+        if "length" in q:
+            await _send_after(receive, send, {"type": "websocket.http.response.body", "body": b"true}"})
+        else:
+            await send({"type": "websocket.http.response.body", "body": b"true}"})
         if q.get("then") == "send":
             await _send_after(receive, send, {"type": "websocket.send", "text": "late"})
 
