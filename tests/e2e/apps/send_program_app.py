@@ -3,15 +3,19 @@ call did, for ``test_send_sequences.py``.
 
 ``POST /run/<key>`` with a JSON list of steps: ``["send", value]`` calls ``send()`` with the
 decoded value and records ``"ok"`` or ``"<ExceptionType>: <message>"``; ``["raise"]`` raises out
-of the app; ``["return"]`` returns. A value is a one-key object naming its Python type:
+of the app; ``["return"]`` returns. For a WebSocket session, ``POST /prog/<key>`` stores the
+program and the session at ``/ws/<key>`` runs it; there ``["receive"]`` records the message
+received too. A value is a one-key object naming its Python type:
 ``{"b": hex}`` bytes, ``{"s": text}`` str, ``{"i": n}`` int, ``{"bool": 0|1}``, ``{"n": 0}`` None,
 ``{"l": [...]}`` list, ``{"t": [...]}`` tuple, ``{"d": {...}}`` dict. ``GET /result/<key>`` answers
-the record as JSON, and ``GET /ping`` answers ``pong``.
+the record as JSON once the program has ended ("done" is its last entry; null before), and
+``GET /ping`` answers ``pong``.
 """
 
 import json
 
 RESULTS: dict[str, list[str]] = {}
+PROGRAMS: dict[str, list] = {}
 
 
 def decode(value):
@@ -48,6 +52,14 @@ async def _read_body(receive) -> bytes:
             return body
 
 
+def _received(message: dict) -> str:
+    if message["type"] == "websocket.receive":
+        return f"received {message.get('text')!r} {message.get('bytes')!r}"
+    if message["type"] == "websocket.disconnect":
+        return f"received disconnect {message.get('code')} {message.get('reason')!r}"
+    return f"received {message['type']}"
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -55,18 +67,36 @@ async def app(scope, receive, send):
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
-    if scope["type"] != "http":
-        return
     path = scope["path"]
+    if scope["type"] == "websocket":
+        key = path[len("/ws/"):]
+        await _run(PROGRAMS.pop(key), RESULTS.setdefault(key, []), receive, send)
+        return
     if path == "/ping":
         await _answer(send, b"pong")
         return
     if path.startswith("/result/"):
-        record = RESULTS.pop(path[len("/result/"):], None)
-        await _answer(send, json.dumps(record).encode(), b"application/json")
+        # null until the program has ended (its record's last entry is "done").
+        key = path[len("/result/"):]
+        done = RESULTS.get(key, [None])[-1] == "done"
+        await _answer(send, json.dumps(RESULTS.pop(key) if done else None).encode(), b"application/json")
+        return
+    if path.startswith("/prog/"):
+        PROGRAMS[path[len("/prog/"):]] = json.loads(await _read_body(receive))
+        await _answer(send, b"stored")
         return
     program = json.loads(await _read_body(receive))
-    record = RESULTS[path[len("/run/"):]] = []
+    await _run(program, RESULTS.setdefault(path[len("/run/"):], []), receive, send)
+
+
+async def _run(program: list, record: list[str], receive, send) -> None:
+    try:
+        await _steps(program, record, receive, send)
+    finally:
+        record.append("done")
+
+
+async def _steps(program: list, record: list[str], receive, send) -> None:
     for step in program:
         if step[0] == "raise":
             record.append("raise")
@@ -75,6 +105,9 @@ async def app(scope, receive, send):
             record.append("return")
             return
         try:
+            if step[0] == "receive":
+                record.append(_received(await receive()))
+                continue
             await send(decode(step[1]))
             record.append("ok")
         except Exception as exc:  # noqa: BLE001 - what send() raised is the result
