@@ -516,8 +516,8 @@ def read_ws(head: bytes | None, frames: list, rest: bytes, end: str) -> tuple:
     if code != 101:
         if not 200 <= code < 600:
             raise Invalid(f"a {code} answer to the handshake")
-        length = [int(v) for k, v in headers if k.lower() == b"content-length"]
-        if length != [len(rest)] or frames:
+        length = [v.strip() for k, v in headers if k.lower() == b"content-length"]
+        if length != [str(len(rest)).encode()] or frames:
             raise Invalid(f"the denial's body {rest!r} does not match {length}")
         return status, tuple(headers), rest
     if (b"Sec-WebSocket-Accept", WS_ACCEPT) not in headers or rest:
