@@ -81,6 +81,62 @@ bool valid_field_value(std::string_view value) {
     return true;
 }
 
+// The request target's form, as Uvicorn's URL parser (httptools' http_parser_parse_url)
+// accepts it: origin-form ("/..."), "*", or absolute-form: an alphabetic scheme, "://",
+// optional userinfo "...@", a host of letters, digits, '.' and '-' (or an IPv6 literal in
+// brackets), an optional port of 1 to 5 digits up to 65535, then "/...", "?..." or "#..." or
+// nothing. Its bytes are checked as they arrive (printable ASCII only).
+bool valid_target_form(std::string_view t) {
+    if (t.empty()) return false;
+    if (t.front() == '/' || t == "*") return true;
+    std::size_t i = 0;
+    auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    while (i < t.size() && alpha(t[i]))
+        ++i;
+    if (i == 0 || t.substr(i, 3) != "://") return false;
+    std::string_view authority = t.substr(i + 3);
+    authority = authority.substr(0, authority.find_first_of("/?#"));
+    if (auto at = authority.rfind('@'); at != std::string_view::npos) {
+        authority.remove_prefix(at + 1);
+    }
+    std::string_view port;
+    if (!authority.empty() && authority.front() == '[') {
+        auto close = authority.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        for (char c : authority.substr(1, close - 1)) {
+            if (!(digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' ||
+                  c == '.')) {
+                return false;
+            }
+        }
+        std::string_view rest = authority.substr(close + 1);
+        if (!rest.empty()) {
+            if (rest.front() != ':') return false;
+            port = rest.substr(1);
+            if (port.empty()) return false;
+        }
+    } else {
+        auto colon = authority.find(':');
+        std::string_view host = authority.substr(0, colon);
+        if (host.empty()) return false;
+        for (char c : host) {
+            if (!(alpha(c) || digit(c) || c == '.' || c == '-')) return false;
+        }
+        if (colon != std::string_view::npos) {
+            port = authority.substr(colon + 1);
+            if (port.empty()) return false;
+        }
+    }
+    if (port.size() > 5) return false;
+    unsigned value = 0;
+    for (char c : port) {
+        if (!digit(c)) return false;
+        value = value * 10 + static_cast<unsigned>(c - '0');
+    }
+    return value <= 65535;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -181,6 +237,14 @@ int HttpParser::handle_message_begin() {
 
 int HttpParser::handle_url(const char* at, std::size_t len) {
     if (url_.len + len > config_.max_url_size) return fail("414:request target too long");
+    // A request target is printable ASCII (RFC 9112 §3.2, RFC 3986). llhttp lets HTAB, FF and
+    // bytes >= 0x80 (raw UTF-8, say) through; Uvicorn's URL parser answers them 400, so do we.
+    bool bad = false;
+    for (std::size_t i = 0; i < len; ++i) {
+        const auto c = static_cast<unsigned char>(at[i]);
+        bad |= c <= 0x20 || c >= 0x7f;
+    }
+    if (bad) return fail("400:invalid byte in the request target");
     if (!grow_head(len)) return fail("431:request head too large");
     if (url_.len == 0) url_.offset = static_cast<std::uint32_t>(head_buf_.size());
     head_buf_.append(at, len);
@@ -247,6 +311,7 @@ int HttpParser::handle_headers_complete() {
     auto view = [base](Span s) { return std::string_view(base + s.offset, s.len); };
     head_.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
     head_.target = view(url_);
+    if (!valid_target_form(head_.target)) return fail("400:invalid request target");
     head_.http_major = parser_.http_major;
     head_.http_minor = parser_.http_minor;
     head_.keep_alive = llhttp_should_keep_alive(&parser_) != 0;

@@ -34,6 +34,11 @@ class ParserSink {
 // over each buffer before llhttp does, so on input with several defects which one is reported
 // may depend on how the input was split (the status, 400, does not).
 inline constexpr std::string_view kBareCrLf = "bare CR or LF in the request head";
+// ParseResult::detail for a byte in the request target that is not printable ASCII (a control
+// character, or a byte over 0x7F). The check runs per URL span
+// llhttp hands over (at a space, or at the end of a buffer), while llhttp checks each byte as
+// it goes: on input with several defects the split decides which one is reported (400 both).
+inline constexpr std::string_view kBadTargetByte = "invalid byte in the request target";
 
 struct ParseResult {
     enum class Kind : std::uint8_t { kNeedMore, kPaused, kError };

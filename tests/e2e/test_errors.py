@@ -50,6 +50,16 @@ MALFORMED = {
     "bare-lf-line-endings": b"GET /hello HTTP/1.1\nHost: x\n\n",
     "bare-lf-in-headers": b"GET /hello HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n",
     "bare-cr-in-headers": b"GET /hello HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n",
+    # The request target: printable ASCII only, in a form Uvicorn's URL parser takes.
+    "tab-in-target": b"GET /hel\tlo HTTP/1.1\r\nHost: x\r\n\r\n",
+    "tab-after-target": b"GET /hello\t HTTP/1.1\r\nHost: x\r\n\r\n",
+    "form-feed-in-target": b"GET /hello\x0c HTTP/1.1\r\nHost: x\r\n\r\n",
+    "utf8-in-path": b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "utf8-in-query": b"GET /hello?q=\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "port-over-65535": b"GET http://x:65536/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    "port-not-a-number": b"GET http://x:8a/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    "empty-host": b"GET http://:80/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    "underscore-in-host": b"GET http://x_y/hello HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

@@ -309,3 +309,90 @@ TEST_CASE("HttpParser: a chunk extension needs a name", "[http_parser]") {
         if (!ok) CHECK(r.status == 400);
     }
 }
+
+TEST_CASE("HttpParser: a request target byte that is not printable ASCII is a 400, in any split",
+          "[http_parser]") {
+    // RFC 9112 §3.2: a request target is printable ASCII. llhttp passes HTAB, FF and raw UTF-8
+    // through; Uvicorn (httptools' URL parser) answers 400, and so do we.
+    const char* heads[] = {
+        "GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a\t HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a\x0c HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /a?q=\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://a/\x80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /\xff HTTP/1.0\r\n\r\n",
+    };
+    for (const char* head : heads) {
+        for (std::size_t split = 1; split < std::strlen(head); ++split) {
+            CAPTURE(head, split);
+            ServerConfig config;
+            CountingSink sink;
+            HttpParser parser(sink, config);
+            const std::string input = head;
+            ParseResult r = parser.execute(input.substr(0, split));
+            if (r.kind == ParseResult::Kind::kNeedMore) r = parser.execute(input.substr(split));
+            CHECK(r.kind == ParseResult::Kind::kError);
+            CHECK(r.status == 400);
+            CHECK(r.detail == cppuvicorn::core::kBadTargetByte);
+            CHECK(sink.heads == 0);
+        }
+    }
+    ServerConfig config;
+    CountingSink sink;
+    HttpParser parser(sink, config);
+    CHECK(parser.execute("GET /caf%C3%A9?q=%E2%82%AC HTTP/1.1\r\nHost: a\r\n\r\n").kind ==
+          ParseResult::Kind::kPaused);
+    CHECK(sink.targets == "/caf%C3%A9?q=%E2%82%AC ");
+}
+
+TEST_CASE("HttpParser: the request target's form is Uvicorn's", "[http_parser]") {
+    const char* valid[] = {
+        "/",
+        "/a?b#c",
+        "*",
+        "http://x",
+        "http://x/a",
+        "HTTP://X:0/a",
+        "ftp://x:65535/a?q",
+        "http://u:p@x:80/a",
+        "http://[::1]/a",
+        "http://[::1]:80",
+        "http://x?q",
+        "http://x/a:b",
+    };
+    const char* invalid[] = {
+        "a/b",
+        "x:80",
+        "http:/x",
+        "http:///a",
+        "http://:80/a",
+        "http://x:/a",
+        "http://x:8a/",
+        "http://x:65536/a",
+        "http://x_y/a",
+        "http://[]/a",
+        "http://[::1]x/",
+        "http://[::1]:70000/a",
+        "1http://x/a",
+        "http://x:123456/",
+    };
+    auto parse = [](std::string_view target) {
+        ServerConfig config;
+        CountingSink sink;
+        HttpParser parser(sink, config);
+        std::string input = "GET ";
+        input.append(target).append(" HTTP/1.1\r\nHost: a\r\n\r\n");
+        return parser.execute(input);
+    };
+    for (const char* target : valid) {
+        CAPTURE(target);
+        CHECK(parse(target).kind == ParseResult::Kind::kPaused);
+    }
+    for (const char* target : invalid) {
+        CAPTURE(target);
+        ParseResult r = parse(target);
+        CHECK(r.kind == ParseResult::Kind::kError);
+        CHECK(r.status == 400);
+    }
+}
