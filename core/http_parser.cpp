@@ -239,12 +239,13 @@ int HttpParser::handle_url(const char* at, std::size_t len) {
     if (url_.len + len > config_.max_url_size) return fail("414:request target too long");
     // A request target is printable ASCII (RFC 9112 §3.2, RFC 3986). llhttp lets HTAB, FF and
     // bytes >= 0x80 (raw UTF-8, say) through; Uvicorn's URL parser answers them 400, so do we.
-    bool bad = false;
+    // NOTE(perf): a plain loop. Targets are short (often "/"), and the vectorised form the
+    // compiler makes of a branch-free one costs 80 instructions of set-up per request.
     for (std::size_t i = 0; i < len; ++i) {
-        const auto c = static_cast<unsigned char>(at[i]);
-        bad |= c <= 0x20 || c >= 0x7f;
+        if (static_cast<unsigned char>(static_cast<unsigned char>(at[i]) - 0x21) > 0x5D) {
+            return fail("400:invalid byte in the request target");  // not 0x21..0x7E
+        }
     }
-    if (bad) return fail("400:invalid byte in the request target");
     if (!grow_head(len)) return fail("431:request head too large");
     if (url_.len == 0) url_.offset = static_cast<std::uint32_t>(head_buf_.size());
     head_buf_.append(at, len);
