@@ -231,6 +231,13 @@ def read_wire(data: bytes, end: str, method: str) -> tuple:
 
 # ----------------------------------------------------------------------------- comparison
 
+
+def _unexpected(record: list[str], also: tuple[str, ...] = ()) -> list[str]:
+    """The entries of a record that are neither a step's normal outcome nor an exception an app
+    can expect from a bad message."""
+    expected = (*(f"{name}: " for name in EXPECTED_EXCEPTIONS), *also)
+    return [e for e in record if e not in ("ok", "raise", "return", "done") and not e.startswith(expected)]
+
 REFUSED_HEAD = ("RuntimeError: Invalid HTTP header name.", "RuntimeError: Invalid HTTP header value.")
 
 
@@ -302,8 +309,7 @@ def test_send_sequences_are_answered_validly_and_as_uvicorn(cppuvicorn_servers):
         except Invalid as exc:
             failures.append(_describe(method, program, invalid=str(exc), wire=data, record=record))
             continue
-        unexpected = [e for e in record if e not in ("ok", "raise", "return", "done")
-                      and not e.startswith(tuple(f"{name}: " for name in EXPECTED_EXCEPTIONS))]
+        unexpected = _unexpected(record)
         if unexpected:
             failures.append(_describe(method, program, unexpected=unexpected))
             continue
@@ -600,9 +606,7 @@ def test_websocket_send_sequences_are_answered_validly_and_as_uvicorn(cppuvicorn
         if record is None:
             failures.append(_describe("WS", program, problem="the program never ended"))
             continue
-        unexpected = [e for e in record if e not in ("ok", "raise", "return", "done")
-                      and not e.startswith(("received ", *(f"{name}: " for name in EXPECTED_EXCEPTIONS),
-                                            "ClientDisconnected: "))]
+        unexpected = _unexpected(record, also=("received ", "ClientDisconnected: "))
         if unexpected:
             failures.append(_describe("WS", program, unexpected=unexpected))
             continue
