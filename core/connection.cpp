@@ -4,6 +4,7 @@
 #include "core/metrics.hpp"
 #include "core/server.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <new>
 #include <sys/sendfile.h>
@@ -12,6 +13,13 @@
 namespace cppuvicorn::core {
 
 namespace {
+
+// Lingering close (linger_on_close): the client's input is discarded until it closes, goes
+// quiet for kLingerIdleMs, or kLingerMaxMs have passed (nginx's lingering_timeout and
+// lingering_time, 5 s and 30 s there, shorter here: it is a courtesy to a client still sending,
+// and a worker has no connection slots to spare for one that does not stop).
+constexpr std::uint64_t kLingerIdleMs = 2000;
+constexpr std::uint64_t kLingerMaxMs = 10000;
 
 PeerAddress address_of(const sockaddr_storage& ss) {
     PeerAddress a;
@@ -355,13 +363,58 @@ void TcpConnection::send_tls_goodbye() {
     wire.clear();
 }
 
-void TcpConnection::on_uv_shutdown(uv_shutdown_t* req, int) noexcept {
+void TcpConnection::on_uv_shutdown(uv_shutdown_t* req, int status) noexcept {
     auto* c = static_cast<TcpConnection*>(req->data);
+    if (status == 0 && c->linger_) {
+        c->begin_linger();
+        return;
+    }
     uv_close(c->handle(), on_uv_close);
+}
+
+void TcpConnection::begin_linger() {
+    // The response is out and the FIN after it: for the HttpConnection (and the app, the
+    // metrics, the concurrency limit) the connection is closed now. What stays is a socket
+    // that reads and drops the client's input, so that the kernel has no unread bytes to
+    // answer with a reset (RFC 9112 §9.6: a staged close).
+    if (!server_.add_lingering(this)) {
+        uv_close(handle(), on_uv_close);
+        return;
+    }
+    server_.remove(this);
+    if (metrics_ != nullptr) metrics_->add(kConnectionsClosed);
+    http_->on_closed();
+    lingering_ = true;
+    linger_started_ms_ = now_ms();
+    linger_deadline_ms_ = linger_started_ms_ + kLingerIdleMs;
+    if (uv_read_start(stream(), on_uv_alloc, on_linger_read) != 0) end_linger();
+    server_.note_uv_work();
+}
+
+void TcpConnection::on_linger_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
+    auto* c = static_cast<TcpConnection*>(s->data);
+    if (nread < 0) {  // the client closed (or reset): done
+        c->end_linger();
+    } else if (nread > 0) {
+        c->linger_deadline_ms_ =
+            std::min(c->now_ms() + kLingerIdleMs, c->linger_started_ms_ + kLingerMaxMs);
+    }
+}
+
+void TcpConnection::end_linger() {
+    if (uv_is_closing(handle()) != 0) return;
+    uv_read_stop(stream());
+    uv_close(handle(), on_uv_close);
+    server_.note_uv_work();
 }
 
 void TcpConnection::on_uv_close(uv_handle_t* h) noexcept {
     auto* c = static_cast<TcpConnection*>(h->data);
+    if (c->lingering_) {  // closed for everyone else when it began
+        c->server_.remove_lingering(c);
+        delete c;
+        return;
+    }
     c->server_.remove(c);
     if (c->metrics_ != nullptr) c->metrics_->add(kConnectionsClosed);
     c->http_->on_closed();

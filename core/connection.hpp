@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // TcpConnection: one accepted libuv stream (TCP or UNIX) carrying an HttpConnection.
 // Corked writes (try-write first, then one queued uv_write), read pause/resume, and a close
-// lifecycle that ends exactly once, in the libuv close callback. On a TLS listener a TlsSession
-// sits between the socket and the HttpConnection: reads are decrypted before on_data, and the
-// corked plaintext is sealed into records when it is flushed. Plain TCP only tests a null
-// pointer per read and per flush. No Python here.
+// lifecycle that ends exactly once, in the libuv close callback; before it, when asked, a
+// lingering half-close that drops what the client still sends (see linger_on_close). On a TLS
+// listener a TlsSession sits between the socket and the HttpConnection: reads are decrypted before
+// on_data, and the corked plaintext is sealed into records when it is flushed. Plain TCP only tests
+// a null pointer per read and per flush. No Python here.
 #pragma once
 
 #include "core/http_connection.hpp"
@@ -47,6 +48,7 @@ class TcpConnection final : public Transport {
     void pause_reading() override;
     void resume_reading() override;
     void close(bool now) override;
+    void linger_on_close() override { linger_ = !unix_socket_; }
     void schedule_resume() override;
     std::uint64_t now_ms() const override { return uv_hrtime() / 1000000; }
     const TlsSession* tls() const override { return tls_.get(); }
@@ -56,6 +58,11 @@ class TcpConnection final : public Transport {
     bool in_flush_list = false;
     bool in_resume_list = false;
     std::uint64_t hold_ticket = 0;  // Server::run_deferred: corked output held until this release
+    std::size_t linger_index = 0;   // in Server's lingering list, while lingering
+
+    // Lingering: past its deadline, or the server is closing. Ends it (see linger_on_close).
+    bool linger_expired(std::uint64_t now_ms) const { return now_ms >= linger_deadline_ms_; }
+    void end_linger();
 
   private:
     TcpConnection(Server& server, bool unix_socket);
@@ -69,7 +76,9 @@ class TcpConnection final : public Transport {
     static void on_uv_write(uv_write_t* req, int status) noexcept;
     static void on_uv_shutdown(uv_shutdown_t* req, int status) noexcept;
     static void on_uv_close(uv_handle_t* h) noexcept;
+    static void on_linger_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
     void after_write();
+    void begin_linger();
     void close_now();
     void read_tls(char* buf, std::size_t len, std::size_t cap);
     void send_tls_goodbye();
@@ -98,6 +107,10 @@ class TcpConnection final : public Transport {
     bool reading_ = false;
     bool close_after_flush_ = false;
     bool closing_ = false;
+    bool linger_ = false;     // linger_on_close() was called
+    bool lingering_ = false;  // half-closed, discarding input: no longer the HttpConnection's
+    std::uint64_t linger_started_ms_ = 0;
+    std::uint64_t linger_deadline_ms_ = 0;
     MetricsSlot* metrics_;  // null: metrics off
 };
 

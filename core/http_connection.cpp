@@ -262,6 +262,7 @@ void HttpConnection::fail_request(int status, std::string_view detail) {
     // response_complete_ is left alone: a handler whose response is unfinished (its body was
     // malformed) hears on_disconnect before on_release, like any other lost connection.
     keep_alive_ = false;
+    transport_.linger_on_close();  // the rest of what the client sends is unknown
     transport_.close(false);
     closed_ = true;
 }
@@ -305,8 +306,13 @@ void HttpConnection::meter_request_end() {
         m->observe_request(response_status_, steady_ns() - request_start_ns_);
 }
 
+bool HttpConnection::client_may_send() const {
+    return !message_complete_ || (parser_ && !parser_->pending().empty());
+}
+
 void HttpConnection::finish_request() {
     if (metered_) meter_request_end();
+    const bool may_send = client_may_send();
     RequestHandler* h = std::exchange(handler_, nullptr);
     message_complete_ = false;
     response_started_ = false;
@@ -317,6 +323,7 @@ void HttpConnection::finish_request() {
     // The head's views died with the handler: an idle connection holds no head buffers.
     if (parser_) parser_->park_buffers();
     if (!keep_alive_) {
+        if (may_send) transport_.linger_on_close();
         transport_.close(false);
         closed_ = true;
     }
@@ -594,6 +601,7 @@ void HttpConnection::abort() {
     keep_alive_ = false;
     closed_ = true;
     // What the app already sent still goes out (a partial response is the client's signal).
+    if (client_may_send()) transport_.linger_on_close();
     transport_.close(false);
 }
 

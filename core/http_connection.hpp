@@ -115,6 +115,8 @@ class HttpConnection final : private ParserSink {
     void process(std::string_view data);
     void fail_request(int status, std::string_view detail);
     void finish_request();
+    // The request's body is not all read, or bytes after it are: a close should linger.
+    bool client_may_send() const;
     void pump_file();
     void end_file(bool ok);
     void after_response_complete();

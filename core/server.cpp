@@ -240,6 +240,22 @@ void Server::remove(TcpConnection* c) {
         std::replace(list->begin(), list->end(), c, static_cast<TcpConnection*>(nullptr));
 }
 
+bool Server::add_lingering(TcpConnection* c) {
+    if (stopping_) return false;
+    c->linger_index = lingering_.size();
+    lingering_.push_back(c);
+    return true;
+}
+
+void Server::remove_lingering(TcpConnection* c) {
+    std::size_t i = c->linger_index;
+    if (i < lingering_.size() && lingering_[i] == c) {
+        lingering_[i] = lingering_.back();
+        lingering_[i]->linger_index = i;
+        lingering_.pop_back();
+    }
+}
+
 void Server::defer_flush(TcpConnection* c) {
     if (flush_list_.empty()) flush_since_ns_ = uv_hrtime();
     c->in_flush_list = true;
@@ -378,15 +394,25 @@ void Server::sweep() {
     }
     for (TcpConnection* c : expired)
         c->http().on_deadline();
+    // Lingering ones leave the list in their close callback, not here.
+    for (TcpConnection* c : lingering_) {
+        if (c->linger_expired(now)) c->end_linger();
+    }
 }
 
 void Server::shutdown() {
+    stopping_ = true;
+    for (TcpConnection* c : lingering_)
+        c->end_linger();
     std::vector<TcpConnection*> all = connections_;
     for (TcpConnection* c : all)
         c->http().shutdown();
 }
 
 void Server::close_all() {
+    stopping_ = true;
+    for (TcpConnection* c : lingering_)
+        c->end_linger();
     std::vector<TcpConnection*> all = connections_;
     for (TcpConnection* c : all)
         c->close(true);

@@ -84,6 +84,7 @@ class Server {
     void close_all();
 
     std::size_t connection_count() const { return connections_.size(); }
+    std::size_t lingering_count() const { return lingering_.size(); }
     std::size_t listener_count() const { return listeners_.size(); }
     const ServerConfig& config() const { return config_; }
     StatusLines& status_lines() { return status_lines_; }
@@ -97,6 +98,11 @@ class Server {
     void note_uv_work();
     void add(TcpConnection* c);
     void remove(TcpConnection* c);
+    // A lingering connection (TcpConnection::linger_on_close) is out of the registry, so it
+    // counts for no limit; sweep() ends it at its deadline, shutdown() and close_all() at once.
+    // false: the server is shutting down, close it instead.
+    bool add_lingering(TcpConnection* c);
+    void remove_lingering(TcpConnection* c);
     ConnectionContext& context() { return *ctx_; }
 
   private:
@@ -119,6 +125,8 @@ class Server {
     std::shared_ptr<const TlsContext> tls_;
     std::vector<Listener*> listeners_;
     std::vector<TcpConnection*> connections_;
+    std::vector<TcpConnection*> lingering_;
+    bool stopping_ = false;  // shutdown() or close_all() was called: no new lingering
     std::vector<TcpConnection*> flush_list_;
     std::vector<TcpConnection*> flush_batch_;  // flush_deferred: the flush_list_ being flushed
     std::uint64_t flush_since_ns_ = 0;         // uv_hrtime() when flush_list_ last filled

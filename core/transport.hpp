@@ -54,6 +54,11 @@ class Transport {
     virtual void resume_reading() = 0;
     // Close once everything buffered has been written (or now, if `now`).
     virtual void close(bool now) = 0;
+    // Call before close(false) when the client may still be sending (a body not read to its
+    // end, pipelined bytes, input cut off by a protocol error): after the half-close, read and
+    // discard its input for a while instead of closing with unread bytes, which makes the
+    // kernel answer with a reset that can destroy the response before the client reads it.
+    virtual void linger_on_close() {}
     // Ask to be called back (HttpConnection::process_pending) at the end of this loop turn.
     virtual void schedule_resume() = 0;
     // Milliseconds on a monotonic clock.

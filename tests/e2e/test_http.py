@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import http.client
+import signal
 import time
 
 import pytest
@@ -327,6 +329,99 @@ def test_expect_100_continue_not_sent_when_app_never_reads(servers):
             return r.norm()
 
     servers.compare(run)
+
+
+# ----------------------------------------------------------------------------- lingering close (cppuvicorn improves)
+
+# Far more than the socket buffers hold: the client is still writing when the answer comes.
+UPLOAD = 8 * 1024 * 1024
+
+
+def _upload(srv, path: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+    """POST with the standard library's client, which writes the whole body before it reads:
+    a reset while it writes costs it the answer (BrokenPipeError instead)."""
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+    try:
+        c.putrequest("POST", path, skip_accept_encoding=True)
+        for name, value in headers:
+            c.putheader(name, value)
+        c.endheaders()
+        c.send(body)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+@pytest.mark.cppuvicorn_only
+@pytest.mark.parametrize("path,args,framing,status,answer", [
+    ("/echo", ("--limit-request-body", "1000"), "length", 413, b"Request Entity Too Large"),
+    ("/close", (), "length", 200, b"bye"),
+    ("/raise-before", (), "length", 500, b"Internal Server Error"),
+    ("/echo", (), "bad-chunk", 400, b"Invalid HTTP request received."),
+], ids=["limit-request-body", "app-closes", "app-raises", "malformed-body"])
+def test_client_still_sending_its_body_reads_the_early_answer(cppuvicorn_servers, path, args, framing,
+                                                             status, answer):
+    """The answer comes, with a close, while the client is still sending a large body. Closed
+    with the client's bytes unread, the socket would answer them with a reset, and a client that
+    writes before it reads fails on write: Uvicorn's clients get BrokenPipeError in the three
+    cases it has. cppuvicorn half-closes, then reads and drops the rest (a lingering close)."""
+    srv = cppuvicorn_servers.get("raw_app:app", *args)
+    if framing == "length":
+        headers, body = [("Content-Length", str(UPLOAD))], b"x" * UPLOAD
+    else:
+        headers, body = [("Transfer-Encoding", "chunked")], b"zz\r\n" + b"x" * UPLOAD
+    for _ in range(3):
+        assert _upload(srv, path, headers, body) == (status, answer)
+    assert request(srv, "GET", "/hello").body == HELLO
+
+
+def _reset_on_write(sock) -> bool:
+    """Writes to a connection whose answer and FIN were read: a lingering server drops the
+    bytes, a closed socket answers them with a reset."""
+    try:
+        sock.sendall(b"x" * 1000)
+        time.sleep(0.2)
+        sock.settimeout(1)
+        if sock.recv(1) != b"":
+            raise AssertionError("bytes after the FIN")
+        sock.sendall(b"x")
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    return False
+
+
+@pytest.mark.cppuvicorn_only
+def test_lingering_ends_when_the_client_goes_quiet(cppuvicorn_servers):
+    srv = cppuvicorn_servers.get("raw_app:app")
+    with Conn(srv) as c:
+        c.send(b"POST /close HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"bye")
+        assert c.read_until_close(2) == b""
+        assert not _reset_on_write(c.sock), "no lingering: the rest of the body got a reset"
+        time.sleep(2.6)  # quiet for longer than the 2 s a lingering close waits
+        assert _reset_on_write(c.sock), "still lingering after the client went quiet"
+
+
+@pytest.mark.cppuvicorn_only
+def test_lingering_connections_count_for_no_limit_and_hold_no_shutdown(cppuvicorn_servers):
+    srv = cppuvicorn_servers.spawn("raw_app:app", "--limit-concurrency", "2")
+    lingering = []
+    for _ in range(3):
+        c = Conn(srv)
+        c.send(b"POST /close HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxx")
+        assert c.read_response().body == b"bye"
+        assert c.read_until_close(2) == b""
+        lingering.append(c)
+    # One connection open, three lingering: under a limit of two, still served.
+    assert request(srv, "GET", "/hello").status == 200
+    started = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    assert srv.wait_exit(5) == 0
+    assert time.monotonic() - started < 1.5, "shutdown waited for lingering connections"
+    for c in lingering:
+        c.close()
 
 
 # ----------------------------------------------------------------------------- large bodies, flow control

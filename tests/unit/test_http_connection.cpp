@@ -517,6 +517,52 @@ TEST_CASE("HttpConnection: a request with connection: close gets it back and is 
     REQUIRE(rig.app.events == Events{"head GET /", "body_complete", "release", "closed"});
 }
 
+TEST_CASE("HttpConnection: a close lingers only while the client may still be sending",
+          "[http_connection]") {
+    // A close with the client's bytes unread makes the kernel send a reset, and a client still
+    // writing its body then fails on write without reading the answer that came first.
+    Rig rig;
+    SECTION("the request is all read, nothing after it: a plain close") {
+        rig.app.respond_at(Moment::kOnBodyComplete, Response::text("bye"));
+        rig.wire.deliver("POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi");
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK_FALSE(rig.wire.lingers());
+    }
+    SECTION("a request pipelined behind a closing one") {
+        rig.wire.deliver("GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + kGet2);
+        REQUIRE(rig.app.respond(Response::text("bye")) == WriteResult::kOk);
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.wire.lingers());
+    }
+    SECTION("answered and closed before the body is all in") {
+        Response r = Response::text("too big", 413);
+        r.headers.emplace_back("connection", "close");
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nsome");
+        REQUIRE(rig.app.respond(r) == WriteResult::kOk);
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.wire.lingers());
+    }
+    SECTION("malformed input") {
+        rig.wire.deliver("GARBAGE\r\n\r\n");
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.wire.lingers());
+    }
+    SECTION("a body over max_body_size") {
+        rig.config.max_body_size = 5;
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\n");
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.wire.lingers());
+    }
+    SECTION("keep-alive: no close at all, the rest of the body is read and dropped") {
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nsome");
+        REQUIRE(rig.app.respond(Response::text("early")) == WriteResult::kOk);
+        rig.wire.deliver("thing" + std::string("!") + kGet2);
+        CHECK_FALSE(rig.wire.closed());
+        CHECK_FALSE(rig.wire.lingers());
+        CHECK(rig.app.count("head GET /2") == 1);
+    }
+}
+
 TEST_CASE("HttpConnection: a HEAD response carries no body bytes", "[http_connection]") {
     Rig rig;
     rig.wire.deliver("HEAD / HTTP/1.1\r\n\r\n");

@@ -56,6 +56,8 @@ class FakeTransport final : public core::Transport {
     bool reading() const { return reading_; }
     Close close_kind() const { return close_; }
     bool closed() const { return close_ != Close::kNone; }
+    // linger_on_close() was called: the close would read and drop what the client still sends.
+    bool lingers() const { return lingers_; }
     int close_calls() const { return close_calls_; }
     bool flush_scheduled() const { return flush_scheduled_; }
     bool resume_scheduled() const { return resume_scheduled_; }
@@ -98,6 +100,10 @@ class FakeTransport final : public core::Transport {
         close_ = now ? Close::kNow : Close::kGraceful;
         reading_ = false;
     }
+    void linger_on_close() override {
+        if (closed()) throw std::logic_error("linger_on_close() after close()");
+        lingers_ = true;
+    }
     void schedule_resume() override { resume_scheduled_ = true; }
     std::uint64_t now_ms() const override { return clock_ms; }
 
@@ -107,6 +113,7 @@ class FakeTransport final : public core::Transport {
         return *conn_;
     }
 
+    bool lingers_ = false;
     core::HttpConnection* conn_ = nullptr;
     std::string read_buffer_;
     std::string out_;
