@@ -321,7 +321,14 @@ void TcpConnection::close(bool now) {
     if (closing_) return;
     if (!now && (writing_ || !out_.empty() || (tls_ != nullptr && !tls_->wire().empty()))) {
         close_after_flush_ = true;
-        pause_reading();
+        if (linger_) {
+            // A client blocked writing its body would never read the rest of our answer, and
+            // we would wait for it to: read on and drop what it sends.
+            if (reading_) uv_read_stop(stream());
+            reading_ = uv_read_start(stream(), on_uv_alloc, on_linger_read) == 0;
+        } else {
+            pause_reading();
+        }
         if (!writing_) flush();
         return;
     }
@@ -393,6 +400,15 @@ void TcpConnection::begin_linger() {
 
 void TcpConnection::on_linger_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
     auto* c = static_cast<TcpConnection*>(s->data);
+    if (!c->lingering_) {       // the answer is still going out (close after flush)
+        if (nread == UV_EOF) {  // the client is done sending; it may still read
+            uv_read_stop(s);
+            c->reading_ = false;
+        } else if (nread < 0) {
+            c->close_now();
+        }
+        return;
+    }
     if (nread < 0) {  // the client closed (or reset): done
         c->end_linger();
     } else if (nread > 0) {

@@ -376,6 +376,18 @@ def test_client_still_sending_its_body_reads_the_early_answer(cppuvicorn_servers
     assert request(srv, "GET", "/hello").body == HELLO
 
 
+@pytest.mark.cppuvicorn_only
+def test_large_answer_then_close_while_the_client_uploads(cppuvicorn_servers):
+    """A 4 MB answer with connection: close to a client still writing an 8 MiB body: the answer
+    fills the socket while the client, writing, reads nothing. Had the server stopped reading
+    to finish its answer before closing, each would wait for the other (Uvicorn does: the
+    client times out)."""
+    srv = cppuvicorn_servers.get("raw_app:app")
+    status, body = _upload(srv, "/big?size=4000000", [("Content-Length", str(UPLOAD)), ("Connection", "close")],
+                           b"x" * UPLOAD)
+    assert status == 200 and body == bytes(i % 251 for i in range(4000000))
+
+
 def _reset_on_write(sock) -> bool:
     """Writes to a connection whose answer and FIN were read: a lingering server drops the
     bytes, a closed socket answers them with a reset."""
