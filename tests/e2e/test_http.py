@@ -550,6 +550,22 @@ def test_app_sees_http_disconnect_when_client_closes(servers):
     servers.compare(run)
 
 
+@pytest.mark.cppuvicorn_only
+def test_app_sees_http_disconnect_with_a_request_pipelined_behind(cppuvicorn_servers):
+    """As above with a second request pipelined behind the first. Uvicorn hands the connection's
+    disconnect to the pipelined request, which never ran: the first app's receive() waits on
+    (here until its own 10 s timeout)."""
+    from support import wait_until
+
+    srv = cppuvicorn_servers.get("raw_app:app")
+    c = Conn(srv)
+    c.send(build_request("POST", "/wait-disconnect", body=b"abc") + build_request("GET", "/hello"))
+    time.sleep(0.2)
+    c.close()
+    seen = wait_until(lambda: request(srv, "GET", "/caught/wait-disconnect").json(), timeout=5)
+    assert seen == ["http.disconnect"]
+
+
 # ----------------------------------------------------------------------------- paths, query, headers
 
 
