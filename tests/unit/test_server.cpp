@@ -77,7 +77,10 @@ struct LoopRig {
     ~LoopRig() {
         server->stop_listening();
         server->close_all();
-        CHECK(spin_until([&] { return server->connection_count() == 0; }));
+        // Lingering connections are out of connection_count() but still the server's until
+        // their close callbacks have run.
+        CHECK(spin_until(
+            [&] { return server->connection_count() == 0 && server->lingering_count() == 0; }));
         server.reset();
         for (int i = 0; i < 1000 && uv_loop_alive(&loop) != 0; ++i)
             uv_run(&loop, UV_RUN_NOWAIT);
@@ -348,6 +351,41 @@ TEST_CASE("Server: a malformed request gets a 400 and the socket is closed", "[s
     CHECK(client.received.rfind("HTTP/1.1 400 Bad Request\r\n", 0) == 0);
     REQUIRE(rig.spin_until([&] { return rig.server->connection_count() == 0; }));
     REQUIRE(rig.app.events == Events{"error 400", "closed"});
+}
+
+TEST_CASE("Server: a closed connection lingers while the client still sends", "[server]") {
+    LoopRig rig;
+    Client client{rig.bound.port};
+    client.send("NOT HTTP\r\n\r\n");
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.eof;
+    }));
+    CHECK(client.received.rfind("HTTP/1.1 400 Bad Request\r\n", 0) == 0);
+    // Closed for the app and the registry; still reading (and dropping) the client's bytes.
+    REQUIRE(rig.spin_until([&] { return rig.server->lingering_count() == 1; }));
+    CHECK(rig.server->connection_count() == 0);
+    CHECK(rig.app.events == Events{"error 400", "closed"});
+    client.send(std::string(20000, 'x'));  // no reset: MSG_NOSIGNAL send would fail on one
+    for (int i = 0; i < 20; ++i)
+        rig.turn();
+    client.send("more");
+    CHECK(rig.server->lingering_count() == 1);
+    client.close();  // its FIN ends the linger
+    REQUIRE(rig.spin_until([&] { return rig.server->lingering_count() == 0; }));
+}
+
+TEST_CASE("Server: close_all ends lingering connections", "[server]") {
+    LoopRig rig;
+    Client client{rig.bound.port};
+    client.send("NOT HTTP\r\n\r\n");
+    REQUIRE(rig.spin_until([&] { return rig.server->lingering_count() == 1; }));
+    rig.server->close_all();
+    REQUIRE(rig.spin_until([&] { return rig.server->lingering_count() == 0; }));
+    REQUIRE(rig.spin_until([&] {
+        client.pump();
+        return client.eof;
+    }));
 }
 
 TEST_CASE("Server: a client that goes away mid-request disconnects and releases the handler",
