@@ -101,6 +101,12 @@ void HttpConnection::process(std::string_view data) {
         break;
     }
     in_process_ = false;
+    // A response completed inside this call (an eagerly started Task on Python 3.12+) while its
+    // body is still coming: what write_body would have done outside it happens now (a close
+    // that is due does not wait for the rest of the body).
+    if (!closed_ && handler_ != nullptr && response_complete_ && !message_complete_) {
+        after_response_complete();
+    }
     if (closed_) return;
     if (!transport_.out().empty()) {
         // Leave the write to the end of the turn (Server::run_deferred, after every connection

@@ -542,6 +542,14 @@ TEST_CASE("HttpConnection: a close lingers only while the client may still be se
         REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
         CHECK(rig.wire.lingers());
     }
+    SECTION("answered and closed inside the read, before the body is all in") {
+        Response r = Response::text("too big", 413);
+        r.headers.emplace_back("connection", "close");
+        rig.app.respond_at(Moment::kOnHead, r);
+        rig.wire.deliver("POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nsome");
+        REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
+        CHECK(rig.wire.lingers());
+    }
     SECTION("malformed input") {
         rig.wire.deliver("GARBAGE\r\n\r\n");
         REQUIRE(rig.wire.close_kind() == FakeTransport::Close::kGraceful);
