@@ -318,7 +318,7 @@ bool HttpConnection::client_may_send() const {
 
 void HttpConnection::finish_request() {
     if (metered_) meter_request_end();
-    const bool may_send = client_may_send();
+    const bool may_send = !keep_alive_ && client_may_send();  // only a close asks
     RequestHandler* h = std::exchange(handler_, nullptr);
     message_complete_ = false;
     response_started_ = false;

@@ -400,19 +400,21 @@ void Server::sweep() {
     }
 }
 
-void Server::shutdown() {
+void Server::stop_lingering() {
     stopping_ = true;
     for (TcpConnection* c : lingering_)
         c->end_linger();
+}
+
+void Server::shutdown() {
+    stop_lingering();
     std::vector<TcpConnection*> all = connections_;
     for (TcpConnection* c : all)
         c->http().shutdown();
 }
 
 void Server::close_all() {
-    stopping_ = true;
-    for (TcpConnection* c : lingering_)
-        c->end_linger();
+    stop_lingering();
     std::vector<TcpConnection*> all = connections_;
     for (TcpConnection* c : all)
         c->close(true);

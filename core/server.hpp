@@ -114,6 +114,7 @@ class Server {
     void accept_polled(Listener& l);
     void run_deferred();
     void flush_deferred();
+    void stop_lingering();  // shutdown(), close_all(): end the lingering, let no more start
 
     uv_loop_t* loop_;
     ServerConfig config_;
