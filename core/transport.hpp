@@ -30,6 +30,9 @@ class Transport {
     virtual void flush() = 0;
     // Flush out() before the end of this loop turn; lets writes of one turn coalesce.
     virtual void schedule_flush() = 0;
+    // Whether out() is already due to be flushed before the end of this loop turn: something
+    // written this turn is waiting for that flush, and a write now can go out with it.
+    virtual bool flush_scheduled() const { return false; }
     // The connection is idle between requests: drop buffers that the next response can make
     // again (memory per idle keep-alive connection).
     virtual void trim() {}

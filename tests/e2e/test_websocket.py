@@ -431,6 +431,30 @@ def test_valid_fragments_pings_and_pongs(servers):
     assert servers.compare(run) == [(1, 0, 10, b"mid"), (1, 0, 1, "ok€!".encode()), (1, 0, 2, b"abcd")]
 
 
+def test_a_burst_of_large_and_small_messages_echoes_whole_and_in_order(servers):
+    """Many messages in flight at once, around the size where a send is written at once rather
+    than corked (16 KiB): echoed in one turn they share writes, and none may be lost, reordered,
+    cut or overtaken by the pong."""
+    sizes = [16384, 16384, 20000, 100, 16384, 65536, 16384, 1, 70000, 16384, 16383, 16385, 0, 16384]
+    msgs = [(2 if i % 3 else 1, bytes([97 + i % 26]) * n) for i, n in enumerate(sizes)]
+
+    def run(s):
+        with RawWS(s.get(APP, *WS)) as c:
+            c.read_head()
+            burst = b"".join(frame(op, payload) for op, payload in msgs[:8])
+            burst += frame(9, b"between") + b"".join(frame(op, p) for op, p in msgs[8:])
+            c.send(burst)
+            got = [c.read_frame() for _ in range(len(msgs) + 1)]
+            assert None not in got, got
+            # Where the pong lands among the echoes is timing (the core answers it at once).
+            pongs = [f[3] for f in got if f[2] == 10]
+            return [(f[2], len(f[3]), f[3]) for f in got if f[2] != 10], pongs
+
+    echoes, pongs = servers.compare(run)
+    assert echoes == [(op, len(p), p) for op, p in msgs]
+    assert pongs == [b"between"]
+
+
 def test_compressed_message_over_the_limit_after_inflating(servers):
     import zlib
 

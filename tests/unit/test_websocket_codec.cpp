@@ -1330,6 +1330,55 @@ TEST_CASE("WebSocketConnection: send reports kWait over the high-water mark, the
     REQUIRE(rig.app.events.back() == "writable");
 }
 
+TEST_CASE(
+    "WebSocketConnection: a large message goes out at once, those behind it in the turn "
+    "are corked",
+    "[websocket]") {
+    WsRig rig;
+    rig.open();
+    const std::string a(kDirectWriteMin, 'a');
+    const std::string b(kDirectWriteMin, 'b');
+    const std::string c(kDirectWriteMin, 'c');
+    // The first large message of a turn is written now, straight from the caller's buffer.
+    REQUIRE(rig.app.ws().send(false, a) == WriteResult::kOk);
+    REQUIRE(rig.wire.direct_writes() == 1);
+    REQUIRE(rig.wire.written() == server_frame(WsOpcode::kBinary, a));
+    // Those sent behind it in the same turn wait for its end and leave in one write.
+    REQUIRE(rig.app.ws().send(false, b) == WriteResult::kOk);
+    REQUIRE(rig.app.ws().send(false, c) == WriteResult::kOk);
+    REQUIRE(rig.wire.direct_writes() == 1);
+    REQUIRE(rig.wire.written().size() == server_frame(WsOpcode::kBinary, a).size());
+    int flushes = rig.wire.flushes();
+    rig.turn();
+    REQUIRE(rig.wire.flushes() == flushes + 1);
+    REQUIRE(rig.wire.take_written() == server_frame(WsOpcode::kBinary, a) +
+                                           server_frame(WsOpcode::kBinary, b) +
+                                           server_frame(WsOpcode::kBinary, c));
+    // A new turn starts afresh.
+    REQUIRE(rig.app.ws().send(false, c) == WriteResult::kOk);
+    REQUIRE(rig.wire.direct_writes() == 2);
+    REQUIRE(rig.wire.take_written() == server_frame(WsOpcode::kBinary, c));
+    rig.turn();
+    // The cork holds below the high-water mark; the message that would fill it is written at
+    // once with it, from the caller's buffer.
+    REQUIRE(rig.app.ws().send(false, c) == WriteResult::kOk);
+    REQUIRE(rig.wire.direct_writes() == 3);
+    REQUIRE(rig.wire.take_written() == server_frame(WsOpcode::kBinary, c));
+    const std::size_t frame_size = server_frame(WsOpcode::kText, c).size();
+    std::size_t corked = 0;
+    while (corked + frame_size < rig.config.write_high_water) {
+        REQUIRE(rig.app.ws().send(true, c) == WriteResult::kOk);
+        corked += frame_size;
+    }
+    REQUIRE(rig.wire.direct_writes() == 3);
+    REQUIRE(rig.wire.written().empty());
+    flushes = rig.wire.flushes();
+    REQUIRE(rig.app.ws().send(true, c) == WriteResult::kOk);
+    REQUIRE(rig.wire.direct_writes() == 4);
+    REQUIRE(rig.wire.flushes() == flushes);
+    REQUIRE(rig.wire.take_written().size() == corked + frame_size);
+}
+
 TEST_CASE("WebSocketConnection: a lost connection reports 1006 once, then releases",
           "[websocket]") {
     WsRig rig;

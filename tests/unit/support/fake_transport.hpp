@@ -59,9 +59,10 @@ class FakeTransport final : public core::Transport {
     // linger_on_close() was called: the close would read and drop what the client still sends.
     bool lingers() const { return lingers_; }
     int close_calls() const { return close_calls_; }
-    bool flush_scheduled() const { return flush_scheduled_; }
+    bool flush_scheduled() const override { return flush_scheduled_; }
     bool resume_scheduled() const { return resume_scheduled_; }
     int flushes() const { return flushes_; }
+    int direct_writes() const { return direct_writes_; }
     int trims() const { return trims_; }
 
     // ---- knobs ----
@@ -81,6 +82,17 @@ class FakeTransport final : public core::Transport {
         out_.clear();
     }
     void schedule_flush() override { flush_scheduled_ = true; }
+    // As TcpConnection: out() and `data` are handed over now, in one write.
+    void write_direct(std::string_view data) override {
+        ++direct_writes_;
+        out_.append(data);
+        if (closed()) {
+            out_.clear();
+            return;
+        }
+        (stalled ? unsent_ : written_) += out_;
+        out_.clear();
+    }
     void trim() override { ++trims_; }
     std::size_t buffered() const override { return out_.size() + unsent_.size(); }
     void pause_reading() override { reading_ = false; }
@@ -122,6 +134,7 @@ class FakeTransport final : public core::Transport {
     Close close_ = Close::kNone;
     int close_calls_ = 0;
     int flushes_ = 0;
+    int direct_writes_ = 0;
     int trims_ = 0;
     bool close_reported_ = false;
     bool reading_ = true;
