@@ -17,6 +17,10 @@ namespace cppuvicorn::core {
 namespace {
 
 constexpr std::string_view kFailed = "Failed to open a WebSocket connection: ";
+// A server frame's header: 2 bytes, then up to 8 of length (servers do not mask).
+constexpr std::size_t kMaxFrameHeader = 10;
+// A corked large message reserves room for the rest of the cork, up to this much.
+constexpr std::size_t kCorkReserveMax = std::size_t{1} << 20;
 constexpr std::string_view kBrowserHint =
     "\nYou cannot access a WebSocket server directly with a browser. You need a WebSocket "
     "client.\n";
@@ -885,6 +889,12 @@ WriteResult WebSocketConnection::send(bool text, std::string_view data) {
         ws_encode_header(out, op, data.size(), true, deflate_ != nullptr);
         transport_.write_direct(data);
     } else {
+        if (data.size() >= kDirectWriteMin) {
+            // Corked: size the buffer for the whole cork at once (it grew by doubling, a copy
+            // and fresh pages each time, as trim_buffers gives it back when it drains).
+            out.reserve(std::min<std::size_t>(ctx_.config.write_high_water, kCorkReserveMax) +
+                        kMaxFrameHeader);
+        }
         ws_encode_frame(out, op, data, true, deflate_ != nullptr);
     }
     after_write();
