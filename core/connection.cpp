@@ -280,6 +280,14 @@ void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
     c->flush();
 }
 
+void TcpConnection::reserve_out(std::size_t n) {
+    server_.out_pool().acquire(out_, n);
+}
+
+void TcpConnection::release_out() {
+    server_.out_pool().release(out_);
+}
+
 void TcpConnection::trim() {
     // Idle between requests: the output buffers go (a response head's worth, or a big partial
     // write's); the next response makes a new one.

@@ -41,6 +41,8 @@ class TcpConnection final : public Transport {
     void trim() override;
     void schedule_flush() override;
     bool flush_scheduled() const override { return in_flush_list; }
+    void reserve_out(std::size_t n) override;
+    void release_out() override;
     void write_direct(std::string_view data) override;
     std::int64_t send_file(int fd, std::uint64_t offset, std::size_t len) override;
     std::size_t buffered() const override {

@@ -394,6 +394,7 @@ void Server::sweep() {
     }
     for (TcpConnection* c : expired)
         c->http().on_deadline();
+    out_pool_.trim_unused();
     // Lingering ones leave the list in their close callback, not here.
     for (TcpConnection* c : lingering_) {
         if (c->linger_expired(now)) c->end_linger();

@@ -4,6 +4,7 @@
 // else runs (the ASGI bridge nests it in asyncio). No Python here.
 #pragma once
 
+#include "core/buffer_pool.hpp"
 #include "core/config.hpp"
 #include "core/date_cache.hpp"
 #include "core/request_handler.hpp"
@@ -50,6 +51,9 @@ class LoopHooks {
 
 class Server {
   public:
+    // The most the pool of spare output buffers holds (see BufferPool).
+    static constexpr std::size_t kOutPoolBytes = std::size_t{4} << 20;
+
     Server(uv_loop_t* loop, ServerConfig config, ConnectionEvents& events, LoopHooks& hooks);
     ~Server();
     Server(const Server&) = delete;
@@ -104,6 +108,7 @@ class Server {
     bool add_lingering(TcpConnection* c);
     void remove_lingering(TcpConnection* c);
     ConnectionContext& context() { return *ctx_; }
+    BufferPool& out_pool() { return out_pool_; }
 
   private:
     struct Listener;
@@ -135,6 +140,7 @@ class Server {
     std::vector<TcpConnection*> resume_batch_;  // run_deferred: the resume_list_ being run
     std::vector<TcpConnection*> resumed_;       // run_deferred: resumed, awaiting a first answer
     std::unique_ptr<char[]> read_buffer_;
+    BufferPool out_pool_{kOutPoolBytes};
     bool in_uv_run_ = false;
     bool in_first_steps_ = false;  // run_deferred is resuming and stepping; its flushes follow
     std::uint64_t releases_requested_ = 0;  // LoopHooks::request_release() calls so far

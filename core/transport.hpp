@@ -33,6 +33,13 @@ class Transport {
     // Whether out() is already due to be flushed before the end of this loop turn: something
     // written this turn is waiting for that flush, and a write now can go out with it.
     virtual bool flush_scheduled() const { return false; }
+    // Room for at least `n` bytes in out(), whose content stays (TcpConnection: a spare buffer
+    // from the server's pool when it has one).
+    virtual void reserve_out(std::size_t n) { out().reserve(n); }
+    // out() is empty and not needed for now: its memory goes (TcpConnection: to the pool).
+    virtual void release_out() {
+        if (out().empty()) std::string().swap(out());
+    }
     // The connection is idle between requests: drop buffers that the next response can make
     // again (memory per idle keep-alive connection).
     virtual void trim() {}

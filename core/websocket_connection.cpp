@@ -890,10 +890,11 @@ WriteResult WebSocketConnection::send(bool text, std::string_view data) {
         transport_.write_direct(data);
     } else {
         if (data.size() >= kDirectWriteMin) {
-            // Corked: size the buffer for the whole cork at once (it grew by doubling, a copy
-            // and fresh pages each time, as trim_buffers gives it back when it drains).
-            out.reserve(std::min<std::size_t>(ctx_.config.write_high_water, kCorkReserveMax) +
-                        kMaxFrameHeader);
+            // Corked: room for the whole cork at once (growing by doubling took two
+            // reallocations and copies), from the server's spare buffers when it has one.
+            transport_.reserve_out(
+                std::min<std::size_t>(ctx_.config.write_high_water, kCorkReserveMax) +
+                kMaxFrameHeader);
         }
         ws_encode_frame(out, op, data, true, deflate_ != nullptr);
     }
@@ -981,8 +982,7 @@ void WebSocketConnection::trim_buffers() {
     // and a busy one pays a malloc per message (or per loop turn for the output), which does
     // not show next to the Python side of a message.
     decoder_.trim(0);
-    std::string& out = transport_.out();
-    if (out.empty()) std::string().swap(out);
+    transport_.release_out();
     if (!in_message_) std::string().swap(message_);
     if (deflate_ != nullptr) std::string().swap(deflate_->scratch());
 }
