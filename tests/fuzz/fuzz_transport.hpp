@@ -95,6 +95,12 @@ class FuzzTransport final : public core::Transport {
         check();
         flush_scheduled_ = true;
     }
+    bool flush_scheduled() const override { return flush_scheduled_; }
+    // As TcpConnection: out() and `data` go to the kernel now (or wait with it when stalled).
+    void write_direct(std::string_view data) override {
+        out_.append(data);
+        flush();
+    }
     std::size_t buffered() const override { return out_.size() + unsent_.size(); }
     void pause_reading() override { reading_ = false; }
     void resume_reading() override {
