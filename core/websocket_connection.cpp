@@ -878,20 +878,21 @@ WriteResult WebSocketConnection::send(bool text, std::string_view data) {
         }
         data = scratch;
     }
-    if (data.size() >= kDirectWriteMin &&
-        (!transport_.flush_scheduled() ||
-         out.size() + data.size() >= ctx_.config.write_high_water)) {
-        // NOTE(perf): the header is corked, the payload goes out with it in one writev; only
-        // what the socket does not take is copied. A message sent behind another in the same
-        // loop turn (a client with several in flight) is corked instead, until the cork would
-        // reach write_high_water: a few large writes, not a small one per message (which on
-        // loopback also meet the peer's delayed ACK: 40 ms stalls with 8 x 16 KiB in flight).
+    // NOTE(perf): a large payload goes out with its (corked) header in one writev; only what
+    // the socket does not take is copied. One sent behind another in the same loop turn (a
+    // client with several in flight) joins the cork instead while the cork stays under
+    // write_high_water: a few large writes, not a small one per message (which on loopback
+    // also meet the peer's delayed ACK: 40 ms stalls with 8 x 16 KiB in flight).
+    const bool large = data.size() >= kDirectWriteMin;
+    const bool cork = large && transport_.flush_scheduled() &&
+                      out.size() + data.size() < ctx_.config.write_high_water;
+    if (large && !cork) {
         ws_encode_header(out, op, data.size(), true, deflate_ != nullptr);
         transport_.write_direct(data);
     } else {
-        if (data.size() >= kDirectWriteMin) {
-            // Corked: room for the whole cork at once (growing by doubling took two
-            // reallocations and copies), from the server's spare buffers when it has one.
+        if (cork) {
+            // Room for the whole cork at once (growing by doubling took two reallocations and
+            // copies), from the server's spare buffers when it has one.
             transport_.reserve_out(
                 std::min<std::size_t>(ctx_.config.write_high_water, kCorkReserveMax) +
                 kMaxFrameHeader);

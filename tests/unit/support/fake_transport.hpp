@@ -74,24 +74,14 @@ class FakeTransport final : public core::Transport {
     std::string& out() override { return out_; }
     void flush() override {
         ++flushes_;
-        if (closed()) {
-            out_.clear();
-            return;
-        }
-        (stalled ? unsent_ : written_) += out_;
-        out_.clear();
+        hand_over();
     }
     void schedule_flush() override { flush_scheduled_ = true; }
     // As TcpConnection: out() and `data` are handed over now, in one write.
     void write_direct(std::string_view data) override {
         ++direct_writes_;
         out_.append(data);
-        if (closed()) {
-            out_.clear();
-            return;
-        }
-        (stalled ? unsent_ : written_) += out_;
-        out_.clear();
+        hand_over();
     }
     void trim() override { ++trims_; }
     std::size_t buffered() const override { return out_.size() + unsent_.size(); }
@@ -120,6 +110,11 @@ class FakeTransport final : public core::Transport {
     std::uint64_t now_ms() const override { return clock_ms; }
 
   private:
+    // out() to the "kernel" (held while stalled); dropped once closed.
+    void hand_over() {
+        if (!closed()) (stalled ? unsent_ : written_) += out_;
+        out_.clear();
+    }
     core::HttpConnection& connection() {
         if (conn_ == nullptr) throw std::logic_error("FakeTransport is not attached");
         return *conn_;
