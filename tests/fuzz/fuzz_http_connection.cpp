@@ -231,9 +231,15 @@ constexpr std::size_t kSizes[32] = {1,   2,   3,   4,   5,   6,    7,    8,    1
                                     17,  20,  24,  28,  32,  40,   48,   64,   80,   100,  128,
                                     160, 200, 256, 400, 512, 1024, 2048, 4096, 8192, 65536};
 
+const StatusLines& shared_status_lines() {
+    static const StatusLines lines;
+    return lines;
+}
+
 struct Driver {
     ServerConfig config;
-    StatusLines lines;
+    // Built once for the process: formatting every status line took a sixth of each run.
+    const StatusLines& lines = shared_status_lines();
     DateCache date;
     App app;
     FuzzTransport wire;
