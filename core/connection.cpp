@@ -198,10 +198,11 @@ void TcpConnection::flush() {
         if (metrics_ != nullptr) metrics_->add(kBytesSent, static_cast<std::uint64_t>(n));
         if (static_cast<std::size_t>(n) < pending.size()) {
             pending.erase(0, static_cast<std::size_t>(n));
-            inflight_.swap(pending);
-            buf = uv_buf_init(inflight_.data(), static_cast<unsigned>(inflight_.size()));
-            writing_ = true;
             if (req_ == nullptr) req_ = std::make_unique<Request>();
+            std::string& inflight = req_->inflight;
+            inflight.swap(pending);
+            buf = uv_buf_init(inflight.data(), static_cast<unsigned>(inflight.size()));
+            writing_ = true;
             req_->write.data = this;
             if (uv_write(&req_->write, stream(), &buf, 1, on_uv_write) != 0) {
                 writing_ = false;
@@ -267,11 +268,12 @@ std::int64_t TcpConnection::send_file(int fd, std::uint64_t offset, std::size_t 
 void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
     auto* c = static_cast<TcpConnection*>(req->data);
     c->writing_ = false;
-    if (status == 0 && c->metrics_ != nullptr) c->metrics_->add(kBytesSent, c->inflight_.size());
-    if (c->inflight_.capacity() > kKeepInflightBytes) {
-        std::string().swap(c->inflight_);  // a big partial write: do not keep its buffer
+    std::string& inflight = c->req_->inflight;
+    if (status == 0 && c->metrics_ != nullptr) c->metrics_->add(kBytesSent, inflight.size());
+    if (inflight.capacity() > kKeepInflightBytes) {
+        std::string().swap(inflight);  // a big partial write: do not keep its buffer
     } else {
-        c->inflight_.clear();
+        inflight.clear();
     }
     if (status < 0) {
         c->close_now();
@@ -286,14 +288,16 @@ void TcpConnection::reserve_out(std::size_t n) {
 
 void TcpConnection::release_out() {
     server_.out_pool().release(out_);
+    if (!writing_ && !closing_) req_.reset();  // a partial write's request and buffer too
 }
 
 void TcpConnection::trim() {
     // Idle between requests: the output buffers go (a response head's worth, or a big partial
-    // write's); the next response makes a new one.
+    // write's, with its request); the next response makes a new one. A closing connection's
+    // request is its shutdown's, and its linger clock.
     if (writing_) return;
     if (out_.empty()) std::string().swap(out_);
-    std::string().swap(inflight_);
+    if (!closing_) req_.reset();
 }
 
 void TcpConnection::after_write() {
@@ -400,8 +404,8 @@ void TcpConnection::begin_linger() {
     if (metrics_ != nullptr) metrics_->add(kConnectionsClosed);
     http_->on_closed();
     lingering_ = true;
-    linger_started_ms_ = now_ms();
-    linger_deadline_ms_ = linger_started_ms_ + kLingerIdleMs;
+    req_->linger_started_ms = now_ms();  // req_ made the shutdown that led here
+    req_->linger_deadline_ms = req_->linger_started_ms + kLingerIdleMs;
     if (uv_read_start(stream(), on_uv_alloc, on_linger_read) != 0) end_linger();
     server_.note_uv_work();
 }
@@ -420,8 +424,8 @@ void TcpConnection::on_linger_read(uv_stream_t* s, ssize_t nread, const uv_buf_t
     if (nread < 0) {  // the client closed (or reset): done
         c->end_linger();
     } else if (nread > 0) {
-        c->linger_deadline_ms_ =
-            std::min(c->now_ms() + kLingerIdleMs, c->linger_started_ms_ + kLingerMaxMs);
+        c->req_->linger_deadline_ms =
+            std::min(c->now_ms() + kLingerIdleMs, c->req_->linger_started_ms + kLingerMaxMs);
     }
 }
 

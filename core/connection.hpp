@@ -46,7 +46,8 @@ class TcpConnection final : public Transport {
     void write_direct(std::string_view data) override;
     std::int64_t send_file(int fd, std::uint64_t offset, std::size_t len) override;
     std::size_t buffered() const override {
-        return out_.size() + (tls_ != nullptr ? tls_->wire().size() : 0) + inflight_.size();
+        return out_.size() + (tls_ != nullptr ? tls_->wire().size() : 0) +
+               (req_ != nullptr ? req_->inflight.size() : 0);
     }
     void pause_reading() override;
     void resume_reading() override;
@@ -64,7 +65,7 @@ class TcpConnection final : public Transport {
     std::size_t linger_index = 0;   // in Server's lingering list, while lingering
 
     // Lingering: past its deadline, or the server is closing. Ends it (see linger_on_close).
-    bool linger_expired(std::uint64_t now_ms) const { return now_ms >= linger_deadline_ms_; }
+    bool linger_expired(std::uint64_t now_ms) const { return now_ms >= req_->linger_deadline_ms; }
     void end_linger();
 
   private:
@@ -93,17 +94,22 @@ class TcpConnection final : public Transport {
     Server& server_;
     std::optional<HttpConnection> http_;  // in place: one allocation per connection, not two
     std::unique_ptr<TlsSession> tls_;     // null on plain TCP
-    // The queued write's request, or at the end the shutdown's: never both at once (shutdown
-    // waits for the write, and nothing is written once closing). Made at the first write that
-    // does not go out at once, or at the shutdown: most connections, and idle WebSockets above
-    // all, never need it, and it is 192 bytes.
-    union Request {
-        uv_write_t write;
-        uv_shutdown_t shutdown;
+    // The queued write's request and bytes, or at the end the shutdown's request and the
+    // linger clock: never both at once (shutdown waits for the write, and nothing is written
+    // once closing). Made at the first write that does not go out at once, or at the shutdown,
+    // and dropped by trim() when idle: most connections, and idle WebSockets above all, never
+    // need it, and it is 240 bytes.
+    struct Request {
+        union {
+            uv_write_t write;
+            uv_shutdown_t shutdown;
+        };
+        std::string inflight;  // owned by the pending uv_write
+        std::uint64_t linger_started_ms = 0;
+        std::uint64_t linger_deadline_ms = 0;
     };
     std::unique_ptr<Request> req_;
-    std::string out_;       // corked output not yet handed to the kernel
-    std::string inflight_;  // owned by the pending uv_write
+    std::string out_;  // corked output not yet handed to the kernel
     static constexpr std::size_t kKeepInflightBytes = 65536;
     bool unix_socket_;
     bool writing_ = false;
@@ -112,9 +118,7 @@ class TcpConnection final : public Transport {
     bool closing_ = false;
     bool linger_ = false;     // linger_on_close() was called
     bool lingering_ = false;  // half-closed, discarding input: no longer the HttpConnection's
-    std::uint64_t linger_started_ms_ = 0;
-    std::uint64_t linger_deadline_ms_ = 0;
-    MetricsSlot* metrics_;  // null: metrics off
+    MetricsSlot* metrics_;    // null: metrics off
 };
 
 }  // namespace cppuvicorn::core

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <utility>
 #include <vector>
@@ -824,7 +825,8 @@ void WebSocketConnection::handle_pong(std::string_view payload) {
                                  static_cast<unsigned char>(ping_payload_)};
     if (std::memcmp(payload.data(), expected, 4) != 0) return;
     std::uint64_t now = transport_.now_ms();
-    last_rtt_ms_ = now - ping_sent_ms_;
+    last_rtt_ms_ = static_cast<std::uint32_t>(
+        std::min<std::uint64_t>(now - ping_sent_ms_, std::numeric_limits<std::uint32_t>::max()));
     ping_pending_ = false;
     if (pong_due_ms_ != 0) {
         // Uvicorn: the next ping goes out one interval after the previous one was sent.

@@ -119,16 +119,18 @@ class WebSocketConnection {
     // "Sec-WebSocket-Accept: …" and the extensions answer, from the handshake to the 101.
     std::unique_ptr<std::string> handshake_lines_;
     std::string message_;  // the fragmented or decompressed message being assembled
-    State state_ = State::kNew;
-    HeaderError header_error_ = HeaderError::kNone;
     // Keepalive and close timers, on Transport::now_ms()'s clock; 0 = not armed.
     std::uint64_t ping_due_ms_ = 0;
     std::uint64_t pong_due_ms_ = 0;
     std::uint64_t close_due_ms_ = 0;
     std::uint64_t ping_sent_ms_ = 0;
-    std::uint64_t last_rtt_ms_ = 0;
+    // The fields below are packed (memory per idle session: the object is 248 bytes, 256 with
+    // malloc's header, not 272).
+    std::uint32_t last_rtt_ms_ = 0;  // capped at 2^32 - 1 ms
     std::uint32_t ping_payload_ = 0;
     std::uint32_t rng_state_;
+    State state_ = State::kNew;
+    HeaderError header_error_ = HeaderError::kNone;
     bool ping_pending_ = false;
     bool in_message_ = false;  // a fragmented message is being received
     bool message_text_ = false;
