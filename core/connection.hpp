@@ -97,8 +97,8 @@ class TcpConnection final : public Transport {
     // The queued write's request and bytes, or at the end the shutdown's request and the
     // linger clock: never both at once (shutdown waits for the write, and nothing is written
     // once closing). Made at the first write that does not go out at once, or at the shutdown,
-    // and dropped by trim() when idle: most connections, and idle WebSockets above all, never
-    // need it, and it is 240 bytes.
+    // and dropped once the output drains (release_out) or the connection idles (trim): most
+    // connections, and idle WebSockets above all, never need it, and it is 240 bytes.
     struct Request {
         union {
             uv_write_t write;
