@@ -280,6 +280,9 @@ void TcpConnection::on_uv_write(uv_write_t* req, int status) noexcept {
         return;
     }
     c->flush();
+    // Nothing more queued: the request and its buffer go until a write again does not go out
+    // at once. A closing connection keeps it for its shutdown.
+    if (!c->writing_ && !c->closing_) c->req_.reset();
 }
 
 void TcpConnection::reserve_out(std::size_t n) {
@@ -288,16 +291,13 @@ void TcpConnection::reserve_out(std::size_t n) {
 
 void TcpConnection::release_out() {
     server_.out_pool().release(out_);
-    if (!writing_ && !closing_) req_.reset();  // a partial write's request and buffer too
 }
 
 void TcpConnection::trim() {
-    // Idle between requests: the output buffers go (a response head's worth, or a big partial
-    // write's, with its request); the next response makes a new one. A closing connection's
-    // request is its shutdown's, and its linger clock.
+    // Idle between requests: the output buffer goes (a response head's worth); the next
+    // response makes a new one. A partial write's buffer went with its request (on_uv_write).
     if (writing_) return;
     if (out_.empty()) std::string().swap(out_);
-    if (!closing_) req_.reset();
 }
 
 void TcpConnection::after_write() {

@@ -96,9 +96,9 @@ class TcpConnection final : public Transport {
     std::unique_ptr<TlsSession> tls_;     // null on plain TCP
     // The queued write's request and bytes, or at the end the shutdown's request and the
     // linger clock: never both at once (shutdown waits for the write, and nothing is written
-    // once closing). Made at the first write that does not go out at once, or at the shutdown,
-    // and dropped once the output drains (release_out) or the connection idles (trim): most
-    // connections, and idle WebSockets above all, never need it, and it is 240 bytes.
+    // once closing). Made when a write does not go out at once, or at the shutdown, and
+    // dropped when the queued writes are done (on_uv_write): most connections, and idle
+    // WebSockets above all, hold none, and it is 240 bytes.
     struct Request {
         union {
             uv_write_t write;
